@@ -1,0 +1,137 @@
+//! `ectunnel check [--connect]`: validate the config and optionally prove each upstream works.
+
+use std::fmt::Write as _;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+
+use crate::config::{Config, ListenerConfig};
+use crate::resp::{self, Line};
+use crate::upstream::{self, DialError, Dialed};
+
+/// Prints what the config defines; with `connect`, dials every upstream (TCP, TLS, AUTH, PING)
+/// and prints one line per listener. Returns whether every listener passed.
+pub async fn check(config: &Config, connect: bool) -> bool {
+    println!("config ok: {} listener(s)", config.listeners.len());
+    if !connect {
+        for l in &config.listeners {
+            println!(
+                "  {}  listen={} upstream={} server_name={} auth={}",
+                l.name,
+                l.listen,
+                l.upstream,
+                l.server_name.to_str(),
+                auth_summary(l)
+            );
+        }
+        return true;
+    }
+    let probes = config.listeners.iter().map(probe);
+    let mut all_ok = true;
+    for (l, result) in config.listeners.iter().zip(futures_join(probes).await) {
+        match result {
+            Ok(line) => println!("ok    {}  {line}", l.name),
+            Err(e) => {
+                all_ok = false;
+                println!("FAIL  {}  {e}", l.name);
+            }
+        }
+    }
+    all_ok
+}
+
+/// Runs the probes concurrently so that a timeout on one listener does not add to the others.
+async fn futures_join<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: Send + 'static,
+    F::Output: Send + 'static,
+{
+    let mut set = tokio::task::JoinSet::new();
+    for (i, f) in futs.enumerate() {
+        set.spawn(async move { (i, f.await) });
+    }
+    let mut out: Vec<(usize, F::Output)> = Vec::new();
+    while let Some(Ok(r)) = set.join_next().await {
+        out.push(r);
+    }
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
+}
+
+fn auth_summary(l: &ListenerConfig) -> String {
+    match &l.auth {
+        Some(c) => match &c.username {
+            Some(u) => format!("user {u}"),
+            None => "token".into(),
+        },
+        None => "none".into(),
+    }
+}
+
+fn probe(l: &ListenerConfig) -> impl std::future::Future<Output = Result<String, DialError>> + Send + 'static {
+    let l = l.clone();
+    async move {
+        let Dialed {
+            mut stream,
+            peer,
+            mut leftover,
+        } = upstream::dial(&l).await?;
+        let conn = &stream.get_ref().1;
+        let mut line = format!("upstream={} addr={peer}", l.upstream);
+        if let Some(v) = conn.protocol_version() {
+            let _ = write!(line, " tls={}", v.as_str().unwrap_or("?"));
+        }
+        if let Some(s) = conn.negotiated_cipher_suite() {
+            let _ = write!(line, " cipher={}", s.suite().as_str().unwrap_or("?"));
+        }
+        if let Some(cert) = conn.peer_certificates().and_then(|c| c.first()) {
+            line.push_str(&describe_cert(cert));
+        }
+        let auth = if l.auth.is_some() { "ok" } else { "none" };
+        let _ = write!(line, " auth={auth}");
+        let fail = |reason: String| DialError {
+            stage: upstream::Stage::Ping,
+            upstream: l.upstream.to_string(),
+            reason,
+        };
+        let mut cmd = BytesMut::new();
+        resp::encode_command(&mut cmd, &[b"PING"]);
+        let start = Instant::now();
+        stream.write_all(&cmd).await.map_err(|e| fail(e.to_string()))?;
+        let reply = resp::read_line(&mut stream, &mut leftover)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let rtt = start.elapsed();
+        match reply {
+            Line::Status(_) => {
+                let _ = write!(line, " ping={:.2}ms", rtt.as_secs_f64() * 1e3);
+            }
+            // No credentials configured and the server wants some: the tunnel works, the
+            // clients will have to AUTH themselves.
+            Line::Error(e) if l.auth.is_none() && e.starts_with("NOAUTH") => {
+                let _ = write!(line, " ping={:.2}ms (NOAUTH: clients must AUTH themselves)", rtt.as_secs_f64() * 1e3);
+            }
+            Line::Error(e) => return Err(fail(e)),
+        }
+        Ok(line)
+    }
+}
+
+fn describe_cert(der: &[u8]) -> String {
+    match x509_parser::parse_x509_certificate(der) {
+        Ok((_, cert)) => {
+            let not_after = cert.validity().not_after;
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            let days = (not_after.timestamp() - now) / 86_400;
+            format!(
+                " subject=\"{}\" expires=\"{}\" ({days} days)",
+                cert.subject(),
+                not_after
+            )
+        }
+        Err(_) => " subject=? (unparseable certificate)".into(),
+    }
+}

@@ -1,0 +1,701 @@
+//! The config file: raw serde structs (unknown keys rejected) → [`validate`] → typed [`Config`].
+//!
+//! Every error names where it came from (`file:line`, or `command line`) and the key at fault,
+//! because the person reading it is editing that file right now.
+
+pub mod secret;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use humantime_serde::Serde as HumanDuration;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use secret::Secret;
+
+use crate::tls::{self, MinVersion, TlsOptions};
+
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The validated configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub connect_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub listeners: Vec<ListenerConfig>,
+}
+
+/// One `[[listener]]`, with the top-level defaults already merged in.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub upstream: UpstreamAddr,
+    /// Name sent as SNI and verified against the certificate.
+    pub server_name: ServerName<'static>,
+    pub tls: Arc<ClientConfig>,
+    pub insecure_skip_verify: bool,
+    /// `None`: inject nothing, the client authenticates itself.
+    pub auth: Option<Credentials>,
+    pub connect_timeout: Duration,
+}
+
+/// What the tunnel sends as `AUTH [username] password`.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub username: Option<String>,
+    pub password: Secret,
+}
+
+/// `host:port` of an upstream, kept as a name so DNS is resolved at every connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for UpstreamAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl std::str::FromStr for UpstreamAddr {
+    type Err = String;
+
+    /// `host:port`, `1.2.3.4:port` or `[::1]:port`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (host, port) = rest
+                .split_once("]:")
+                .ok_or_else(|| format!("`{s}` is not [IPv6]:port"))?;
+            (host, port)
+        } else {
+            s.rsplit_once(':')
+                .ok_or_else(|| format!("`{s}` has no port; expected host:port"))?
+        };
+        if host.is_empty() {
+            return Err(format!("`{s}` has no host; expected host:port"));
+        }
+        if host.contains(':') && !s.starts_with('[') {
+            return Err(format!("`{s}`: write an IPv6 address in brackets, [addr]:port"));
+        }
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("`{s}`: port must be 1-65535"))?;
+        Ok(UpstreamAddr {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+/// A config problem: where, which key, what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read config file: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {key}: {message}")]
+    Invalid {
+        origin: String,
+        key: String,
+        message: String,
+    },
+    #[error("no config: pass -c FILE, set ECTUNNEL_CONFIG, or use --listen and --upstream")]
+    Missing,
+}
+
+/// The values a one-listener tunnel takes from command-line flags instead of a file.
+#[derive(Debug, Clone, Default)]
+pub struct SingleListener {
+    pub listen: String,
+    pub upstream: String,
+    pub ca_file: Option<PathBuf>,
+    pub server_name: Option<String>,
+    pub username: Option<String>,
+    pub password_env: Option<String>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates TOML text; `name` is what errors call the file.
+    pub fn from_toml(text: &str, name: &str) -> Result<Config, ConfigError> {
+        let source = Source {
+            name: name.to_owned(),
+            text: Some(text),
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| source.parse_error(&e))?;
+        validate(raw, &source)
+    }
+
+    /// A one-listener tunnel from `--listen/--upstream/...`, validated like a file.
+    pub fn single(args: &SingleListener) -> Result<Config, ConfigError> {
+        let raw = RawConfig {
+            tls: Some(RawTls {
+                ca_file: args.ca_file.clone().map(unspanned),
+                server_name: args.server_name.clone().map(unspanned),
+                ..RawTls::default()
+            }),
+            auth: args.password_env.clone().map(|env| {
+                unspanned(RawAuth {
+                    username: args.username.clone().map(unspanned),
+                    password_env: Some(unspanned(env)),
+                    password_file: None,
+                    password: None,
+                })
+            }),
+            listener: vec![unspanned(RawListener {
+                name: None,
+                listen: unspanned(args.listen.clone()),
+                upstream: unspanned(args.upstream.clone()),
+                tls: None,
+                auth: None,
+            })],
+            ..RawConfig::default()
+        };
+        if args.username.is_some() && args.password_env.is_none() {
+            return Err(ConfigError::Invalid {
+                origin: "command line".into(),
+                key: "--username".into(),
+                message: "needs --password-env to name the variable holding the password".into(),
+            });
+        }
+        validate(
+            raw,
+            &Source {
+                name: "command line".into(),
+                text: None,
+            },
+        )
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    connect_timeout: Option<Spanned<HumanDuration<Duration>>>,
+    shutdown_grace: Option<Spanned<HumanDuration<Duration>>>,
+    tls: Option<RawTls>,
+    auth: Option<Spanned<RawAuth>>,
+    #[serde(default)]
+    listener: Vec<Spanned<RawListener>>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca_file: Option<Spanned<PathBuf>>,
+    server_name: Option<Spanned<String>>,
+    min_version: Option<Spanned<String>>,
+    client_cert: Option<Spanned<PathBuf>>,
+    client_key: Option<Spanned<PathBuf>>,
+    insecure_skip_verify: Option<Spanned<bool>>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    username: Option<Spanned<String>>,
+    password_env: Option<Spanned<String>>,
+    password_file: Option<Spanned<PathBuf>>,
+    password: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    name: Option<Spanned<String>>,
+    listen: Spanned<String>,
+    upstream: Spanned<String>,
+    tls: Option<RawTls>,
+    auth: Option<Spanned<RawAuth>>,
+}
+
+/// Where the raw config came from, to turn byte spans into `file:line`.
+struct Source<'a> {
+    name: String,
+    text: Option<&'a str>,
+}
+
+impl Source<'_> {
+    fn at(&self, span: &Range<usize>) -> String {
+        match self.text {
+            Some(text) => format!("{}:{}", self.name, line_of(text, span.start)),
+            None => self.name.clone(),
+        }
+    }
+
+    fn invalid(&self, span: &Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            origin: self.at(span),
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// A TOML syntax or type error: toml gives the span; the key is read off that line.
+    fn parse_error(&self, e: &toml::de::Error) -> ConfigError {
+        let span = e.span().unwrap_or(0..0);
+        let key = self
+            .text
+            .map(|text| key_at(text, span.start))
+            .unwrap_or_default();
+        ConfigError::Invalid {
+            origin: self.at(&span),
+            key,
+            message: e.message().trim().to_owned(),
+        }
+    }
+}
+
+/// A value that came from a flag, not a file: there is no line to point at.
+fn unspanned<T>(v: T) -> Spanned<T> {
+    Spanned::new(0..0, v)
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
+}
+
+/// The dotted key on the line holding `offset`, prefixed by the table it sits in
+/// (`listener.tls.ca_file`), or the table header itself when the error is on a header line.
+fn key_at(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("").trim();
+    let header = |l: &str| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
+    if line.starts_with('[') {
+        return header(line);
+    }
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(header);
+    let key = line.split_once('=').map(|(k, _)| k.trim().trim_matches('"'));
+    match (table, key) {
+        (Some(t), Some(k)) => format!("{t}.{k}"),
+        (None, Some(k)) => k.to_owned(),
+        (Some(t), None) => t,
+        (None, None) => String::new(),
+    }
+}
+
+/// A `[tls]` key merged from the listener's own section or the top-level default, remembering
+/// which one it came from so an error names the right key.
+struct Merged<'a, T> {
+    value: &'a Spanned<T>,
+    key: String,
+}
+
+fn merge<'a, T>(
+    own: Option<&'a Spanned<T>>,
+    default: Option<&'a Spanned<T>>,
+    name: &str,
+) -> Option<Merged<'a, T>> {
+    own.map(|value| Merged {
+        value,
+        key: format!("listener.tls.{name}"),
+    })
+    .or_else(|| {
+        default.map(|value| Merged {
+            value,
+            key: format!("tls.{name}"),
+        })
+    })
+}
+
+fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
+    let connect_timeout = match &raw.connect_timeout {
+        Some(d) if d.get_ref().is_zero() => {
+            return Err(src.invalid(&d.span(), "connect_timeout", "must be more than 0s"));
+        }
+        Some(d) => **d.get_ref(),
+        None => DEFAULT_CONNECT_TIMEOUT,
+    };
+    let shutdown_grace = raw
+        .shutdown_grace
+        .as_ref()
+        .map_or(DEFAULT_SHUTDOWN_GRACE, |d| **d.get_ref());
+    if raw.listener.is_empty() {
+        return Err(ConfigError::Invalid {
+            origin: src.name.clone(),
+            key: "listener".into(),
+            message: "no [[listener]] defined; add one with listen and upstream".into(),
+        });
+    }
+    let default_auth = match &raw.auth {
+        Some(auth) => Some(credentials(auth, "auth", src)?),
+        None => None,
+    };
+    let default_tls = raw.tls.clone().unwrap_or_default();
+
+    let mut listeners: Vec<ListenerConfig> = Vec::with_capacity(raw.listener.len());
+    for spanned in &raw.listener {
+        let l = spanned.get_ref();
+        let listen: SocketAddr = l.listen.get_ref().trim().parse().map_err(|_| {
+            src.invalid(
+                &l.listen.span(),
+                "listener.listen",
+                format!(
+                    "`{}` is not an IP:port address, e.g. 127.0.0.1:6379",
+                    l.listen.get_ref()
+                ),
+            )
+        })?;
+        let upstream: UpstreamAddr = l
+            .upstream
+            .get_ref()
+            .trim()
+            .parse()
+            .map_err(|m: String| src.invalid(&l.upstream.span(), "listener.upstream", m))?;
+        let name = match &l.name {
+            Some(n) if n.get_ref().trim().is_empty() => {
+                return Err(src.invalid(&n.span(), "listener.name", "must not be empty"));
+            }
+            Some(n) => n.get_ref().clone(),
+            None => listen.to_string(),
+        };
+        if let Some(other) = listeners.iter().find(|o| o.name == name) {
+            return Err(src.invalid(
+                &spanned.span(),
+                "listener.name",
+                format!("two listeners are named `{}`; names must be unique", other.name),
+            ));
+        }
+        if listen.port() != 0 && listeners.iter().any(|o| o.listen == listen) {
+            return Err(src.invalid(
+                &l.listen.span(),
+                "listener.listen",
+                format!("{listen} is used by two listeners"),
+            ));
+        }
+
+        let own = l.tls.clone().unwrap_or_default();
+        let (options, server_name, insecure) = tls_settings(&own, &default_tls, &upstream, src)?;
+        let tls = tls::client_config(&options).map_err(|e| {
+            let field = e.field();
+            let pick = |t: &RawTls| match field {
+                "ca_file" => t.ca_file.as_ref().map(Spanned::span),
+                "client_cert" => t.client_cert.as_ref().map(Spanned::span),
+                _ => t.client_key.as_ref().map(Spanned::span),
+            };
+            let (span, table) = match (pick(&own), pick(&default_tls)) {
+                (Some(span), _) => (span, "listener.tls"),
+                (None, Some(span)) => (span, "tls"),
+                (None, None) => (spanned.span(), "listener.tls"),
+            };
+            src.invalid(&span, &format!("{table}.{field}"), e.to_string())
+        })?;
+
+        let auth = match &l.auth {
+            Some(own) => Some(credentials(own, "listener.auth", src)?),
+            None => default_auth.clone(),
+        };
+        listeners.push(ListenerConfig {
+            name,
+            listen,
+            upstream,
+            server_name,
+            tls,
+            insecure_skip_verify: insecure,
+            auth,
+            connect_timeout,
+        });
+    }
+    Ok(Config {
+        connect_timeout,
+        shutdown_grace,
+        listeners,
+    })
+}
+
+/// Merges a listener's `[listener.tls]` over the top-level `[tls]`, key by key, so a listener
+/// can override just `server_name` and keep the shared `ca_file`.
+fn tls_settings(
+    own: &RawTls,
+    default: &RawTls,
+    upstream: &UpstreamAddr,
+    src: &Source<'_>,
+) -> Result<(TlsOptions, ServerName<'static>, bool), ConfigError> {
+    let min_version = match merge(own.min_version.as_ref(), default.min_version.as_ref(), "min_version") {
+        None => None,
+        Some(m) => Some(match m.value.get_ref().as_str() {
+            "1.2" => MinVersion::Tls12,
+            "1.3" => MinVersion::Tls13,
+            other => {
+                return Err(src.invalid(
+                    &m.value.span(),
+                    &m.key,
+                    format!("`{other}` is not supported; use \"1.2\" or \"1.3\""),
+                ));
+            }
+        }),
+    };
+    let server_name = match merge(own.server_name.as_ref(), default.server_name.as_ref(), "server_name") {
+        Some(m) => ServerName::try_from(m.value.get_ref().clone()).map_err(|_| {
+            src.invalid(
+                &m.value.span(),
+                &m.key,
+                format!("`{}` is not a valid DNS name or IP address", m.value.get_ref()),
+            )
+        })?,
+        None => server_name_for(&upstream.host).ok_or_else(|| {
+            src.invalid(
+                &(0..0),
+                "listener.upstream",
+                format!("`{}` cannot be verified as a TLS name; set tls.server_name", upstream.host),
+            )
+        })?,
+    };
+    let path = |v: Option<Merged<'_, PathBuf>>| v.map(|m| m.value.get_ref().clone());
+    let insecure = merge(
+        own.insecure_skip_verify.as_ref(),
+        default.insecure_skip_verify.as_ref(),
+        "insecure_skip_verify",
+    )
+    .is_some_and(|m| *m.value.get_ref());
+    Ok((
+        TlsOptions {
+            ca_file: path(merge(own.ca_file.as_ref(), default.ca_file.as_ref(), "ca_file")),
+            client_cert: path(merge(own.client_cert.as_ref(), default.client_cert.as_ref(), "client_cert")),
+            client_key: path(merge(own.client_key.as_ref(), default.client_key.as_ref(), "client_key")),
+            min_version,
+            insecure_skip_verify: insecure,
+        },
+        server_name,
+        insecure,
+    ))
+}
+
+fn server_name_for(host: &str) -> Option<ServerName<'static>> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Some(ServerName::IpAddress(ip.into()));
+    }
+    ServerName::try_from(host.to_owned()).ok()
+}
+
+/// Resolves an `[auth]` section to the secret itself, now, so that a missing variable or an
+/// unreadable file is a config error at start rather than a failed AUTH later.
+fn credentials(
+    auth: &Spanned<RawAuth>,
+    table: &str,
+    src: &Source<'_>,
+) -> Result<Credentials, ConfigError> {
+    let a = auth.get_ref();
+    let given = [a.password_env.is_some(), a.password_file.is_some(), a.password.is_some()];
+    if given.iter().filter(|g| **g).count() != 1 {
+        return Err(src.invalid(
+            &auth.span(),
+            table,
+            "set exactly one of password_env, password_file or password",
+        ));
+    }
+    let password = if let Some(var) = &a.password_env {
+        let name = var.get_ref();
+        let key = format!("{table}.password_env");
+        match std::env::var(name) {
+            Ok(v) if v.is_empty() => {
+                return Err(src.invalid(&var.span(), &key, format!("environment variable {name} is empty")));
+            }
+            Ok(v) => v,
+            Err(std::env::VarError::NotPresent) => {
+                return Err(src.invalid(&var.span(), &key, format!("environment variable {name} is not set")));
+            }
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(src.invalid(&var.span(), &key, format!("environment variable {name} is not valid UTF-8")));
+            }
+        }
+    } else if let Some(file) = &a.password_file {
+        let path = file.get_ref();
+        let key = format!("{table}.password_file");
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            src.invalid(&file.span(), &key, format!("cannot read password file {}: {e}", path.display()))
+        })?;
+        // Secret files written by editors, `echo` or Kubernetes often end in a newline that is
+        // not part of the token.
+        let value = text.trim_end_matches(['\r', '\n']).to_owned();
+        if value.is_empty() {
+            return Err(src.invalid(&file.span(), &key, format!("password file {} is empty", path.display())));
+        }
+        value
+    } else if let Some(p) = &a.password {
+        if p.get_ref().is_empty() {
+            return Err(src.invalid(&p.span(), &format!("{table}.password"), "must not be empty"));
+        }
+        p.get_ref().clone()
+    } else {
+        unreachable!("exactly one password source was checked above")
+    };
+    let username = match &a.username {
+        Some(u) if u.get_ref().is_empty() => {
+            return Err(src.invalid(&u.span(), &format!("{table}.username"), "must not be empty"));
+        }
+        Some(u) => Some(u.get_ref().clone()),
+        None => None,
+    };
+    Ok(Credentials {
+        username,
+        password: Secret::new(password),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::from_toml(text, "t.toml").unwrap_err().to_string()
+    }
+
+    const MIN: &str = "[[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = \"localhost:6379\"\n";
+
+    #[test]
+    fn minimal_listener_gets_defaults() {
+        let c = Config::from_toml(MIN, "t.toml").unwrap();
+        assert_eq!(c.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(c.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
+        let l = &c.listeners[0];
+        assert_eq!(l.name, "127.0.0.1:0");
+        assert_eq!(l.upstream.to_string(), "localhost:6379");
+        assert!(l.auth.is_none());
+        assert!(!l.insecure_skip_verify);
+        assert_eq!(l.server_name.to_str(), "localhost");
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = err(&format!("{MIN}[listener.tls]\nca_flie = \"x\"\n"));
+        assert!(e.starts_with("t.toml:5: listener.tls.ca_flie: "), "{e}");
+        assert!(e.contains("unknown field `ca_flie`"), "{e}");
+        let e = err(&format!("conect_timeout = \"1s\"\n{MIN}"));
+        assert!(e.starts_with("t.toml:1: conect_timeout: "), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let e = err(&format!("connect_timeout = \"5 parsecs\"\n{MIN}"));
+        assert!(e.starts_with("t.toml:1: connect_timeout: "), "{e}");
+        let e = err(&format!("connect_timeout = \"0s\"\n{MIN}"));
+        assert_eq!(e, "t.toml:1: connect_timeout: must be more than 0s");
+        let e = err("[[listener]]\nlisten = \"localhost\"\nupstream = \"h:1\"\n");
+        assert!(e.starts_with("t.toml:2: listener.listen: "), "{e}");
+        let e = err("[[listener]]\nlisten = \"127.0.0.1:1\"\nupstream = \"h\"\n");
+        assert!(e.starts_with("t.toml:3: listener.upstream: "), "{e}");
+        let e = err(&format!("[tls]\nmin_version = \"1.1\"\n{MIN}"));
+        assert!(e.starts_with("t.toml:2: tls.min_version: "), "{e}");
+        let e = err(&format!("{MIN}[listener.tls]\nca_file = \"/nonexistent/ca.pem\"\n"));
+        assert!(e.starts_with("t.toml:5: listener.tls.ca_file: cannot read certificates from /nonexistent/ca.pem"), "{e}");
+        let e = err("");
+        assert!(e.contains("no [[listener]]"), "{e}");
+    }
+
+    #[test]
+    fn auth_needs_exactly_one_source() {
+        let e = err(&format!("[auth]\nusername = \"u\"\n{MIN}"));
+        assert!(e.starts_with("t.toml:1: auth: set exactly one of"), "{e}");
+        let e = err(&format!("[auth]\npassword = \"a\"\npassword_env = \"B\"\n{MIN}"));
+        assert!(e.contains("exactly one"), "{e}");
+    }
+
+    #[test]
+    fn missing_env_and_file_are_named() {
+        let e = err(&format!("[auth]\npassword_env = \"ECTUNNEL_TEST_SURELY_UNSET\"\n{MIN}"));
+        assert_eq!(
+            e,
+            "t.toml:2: auth.password_env: environment variable ECTUNNEL_TEST_SURELY_UNSET is not set"
+        );
+        let e = err(&format!("{MIN}[listener.auth]\npassword_file = \"/nonexistent/tok\"\n"));
+        assert!(e.starts_with("t.toml:5: listener.auth.password_file: cannot read password file /nonexistent/tok"), "{e}");
+    }
+
+    #[test]
+    fn listener_auth_replaces_default_and_secret_is_masked() {
+        let dir = tempfile::tempdir().unwrap();
+        let tok = dir.path().join("tok");
+        std::fs::write(&tok, "file-token-123456\n").unwrap();
+        let text = format!(
+            "[auth]\npassword = \"inline-token-123456\"\n{MIN}[[listener]]\nname = \"b\"\nlisten = \"127.0.0.1:0\"\nupstream = \"h:2\"\n[listener.auth]\nusername = \"app\"\npassword_file = \"{}\"\n",
+            tok.display()
+        );
+        let c = Config::from_toml(&text, "t.toml").unwrap();
+        let a = c.listeners[0].auth.as_ref().unwrap();
+        assert_eq!((a.username.as_deref(), a.password.expose()), (None, "inline-token-123456"));
+        let b = c.listeners[1].auth.as_ref().unwrap();
+        assert_eq!((b.username.as_deref(), b.password.expose()), (Some("app"), "file-token-123456"));
+        let dump = format!("{c:?}");
+        assert!(!dump.contains("inline-token") && !dump.contains("file-token"), "{dump}");
+    }
+
+    #[test]
+    fn tls_keys_merge_per_key() {
+        let text = format!(
+            "[tls]\nserver_name = \"shared.example\"\nmin_version = \"1.3\"\n{MIN}[[listener]]\nname = \"b\"\nlisten = \"127.0.0.1:0\"\nupstream = \"10.0.0.1:6379\"\n[listener.tls]\nserver_name = \"own.example\"\n"
+        );
+        let c = Config::from_toml(&text, "t.toml").unwrap();
+        assert_eq!(c.listeners[0].server_name.to_str(), "shared.example");
+        assert_eq!(c.listeners[1].server_name.to_str(), "own.example");
+    }
+
+    #[test]
+    fn duplicate_names_rejected() {
+        let e = err(&format!("{MIN}{MIN}"));
+        assert!(e.contains("two listeners are named `127.0.0.1:0`"), "{e}");
+    }
+
+    #[test]
+    fn upstream_forms() {
+        let p = |s: &str| s.parse::<UpstreamAddr>();
+        assert_eq!(p("[::1]:6379").unwrap().to_string(), "[::1]:6379");
+        assert_eq!(p("master.x.cache.amazonaws.com:6379").unwrap().port, 6379);
+        assert!(p("::1:6379").is_err());
+        assert!(p("h:0").is_err());
+        assert!(p(":6379").is_err());
+    }
+
+    #[test]
+    fn single_listener_from_flags() {
+        let c = Config::single(&SingleListener {
+            listen: "127.0.0.1:0".into(),
+            upstream: "localhost:1".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.listeners.len(), 1);
+        let e = Config::single(&SingleListener {
+            listen: "nope".into(),
+            upstream: "localhost:1".into(),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("command line: listener.listen: "), "{e}");
+    }
+}

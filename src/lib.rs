@@ -1,0 +1,26 @@
+//! ectunnel: a TLS-originating tunnel for Redis clients that cannot speak TLS.
+//!
+//! # Layout
+//! - [`cli`]: the command line (thin `main.rs` calls [`cli::main`]); exit codes.
+//! - [`config`]: TOML → validated [`config::Config`]; [`config::secret`] masks credentials.
+//! - [`tls`]: rustls client configuration (roots, versions, client certificate).
+//! - [`upstream`]: dialling an upstream: DNS → TCP → TLS → AUTH, failures named by stage.
+//! - [`resp`]: the RESP the tunnel itself speaks (its own commands and their one-line replies).
+//! - [`session`]: one client: dial, then forward both directions with half-close.
+//! - [`server`]: binding listeners, accepting, graceful drain on shutdown.
+//! - [`shutdown`]: SIGINT/SIGTERM.
+//! - [`check`]: `ectunnel check [--connect]`.
+#![forbid(unsafe_code)]
+
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod resp;
+pub mod server;
+pub mod session;
+pub mod shutdown;
+pub mod tls;
+pub mod upstream;
+
+pub use config::Config;
+pub use server::{BindError, Server, run};

@@ -1,0 +1,102 @@
+//! The little RESP the tunnel itself speaks: encoding its own commands and reading the one-line
+//! replies to them (AUTH, PING) during a dial, before any client byte flows.
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Longest one-line reply accepted while dialling; anything longer is not a reply to AUTH/PING.
+const MAX_LINE: usize = 64 * 1024;
+
+/// Appends `args` as a RESP multibulk command. Multibulk (not inline) so that a password with
+/// spaces or quotes reaches the server byte for byte.
+pub fn encode_command(buf: &mut BytesMut, args: &[&[u8]]) {
+    use std::io::Write as _;
+    let mut w = Vec::with_capacity(16);
+    let _ = write!(w, "*{}\r\n", args.len());
+    buf.extend_from_slice(&w);
+    for arg in args {
+        w.clear();
+        let _ = write!(w, "${}\r\n", arg.len());
+        buf.extend_from_slice(&w);
+        buf.extend_from_slice(arg);
+        buf.extend_from_slice(b"\r\n");
+    }
+}
+
+/// A one-line reply: `+OK` → `Ok("OK")`, `-WRONGPASS …` → `Err("WRONGPASS …")`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    Status(String),
+    Error(String),
+}
+
+/// Why a one-line reply could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplyError {
+    #[error("connection closed by the server")]
+    Closed,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("unexpected reply `{0}`")]
+    Unexpected(String),
+}
+
+/// Reads one `+…\r\n` or `-…\r\n` line from `r`, keeping any bytes after it in `buf` so nothing
+/// the server sent is lost.
+pub async fn read_line<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut) -> Result<Line, ReplyError> {
+    loop {
+        if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
+            let line = String::from_utf8_lossy(&buf[..end]).into_owned();
+            buf.advance(end + 2);
+            return match line.as_bytes().first() {
+                Some(b'+') => Ok(Line::Status(line[1..].to_owned())),
+                Some(b'-') => Ok(Line::Error(line[1..].to_owned())),
+                _ => Err(ReplyError::Unexpected(printable(&line))),
+            };
+        }
+        if buf.len() > MAX_LINE {
+            return Err(ReplyError::Unexpected(printable(&String::from_utf8_lossy(&buf[..80]))));
+        }
+        if r.read_buf(buf).await? == 0 {
+            return Err(ReplyError::Closed);
+        }
+    }
+}
+
+/// Makes text safe to put inside a one-line RESP error or a log line.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(200)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_multibulk() {
+        let mut b = BytesMut::new();
+        encode_command(&mut b, &[b"AUTH", b"user", b"p w\r\n"]);
+        assert_eq!(&b[..], b"*3\r\n$4\r\nAUTH\r\n$4\r\nuser\r\n$5\r\np w\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn reads_lines_and_keeps_the_rest() {
+        let mut input: &[u8] = b"+OK\r\n-WRONGPASS invalid\r\n+PONG";
+        let mut buf = BytesMut::new();
+        assert_eq!(read_line(&mut input, &mut buf).await.unwrap(), Line::Status("OK".into()));
+        assert_eq!(
+            read_line(&mut input, &mut buf).await.unwrap(),
+            Line::Error("WRONGPASS invalid".into())
+        );
+        assert!(matches!(read_line(&mut input, &mut buf).await, Err(ReplyError::Closed)));
+        assert_eq!(&buf[..], b"+PONG");
+        let mut input: &[u8] = b"$3\r\nfoo\r\n";
+        assert!(matches!(
+            read_line(&mut input, &mut BytesMut::new()).await,
+            Err(ReplyError::Unexpected(_))
+        ));
+    }
+}

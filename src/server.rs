@@ -1,0 +1,153 @@
+//! Binds every listener, accepts clients, and drains them on shutdown.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ListenerConfig};
+use crate::session;
+
+/// A listener that could not be bound; the process exits 1 with this message.
+#[derive(Debug, thiserror::Error)]
+#[error("listener `{name}` cannot bind {addr}: {source}")]
+pub struct BindError {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub source: io::Error,
+}
+
+/// All listeners bound and ready to serve. Binding is separate from serving so that the caller
+/// (and tests, which bind port 0) can learn the addresses first.
+pub struct Server {
+    listeners: Vec<(Arc<ListenerConfig>, TcpListener)>,
+    shutdown_grace: Duration,
+}
+
+impl Server {
+    /// Binds every listener or none: a tunnel missing one of its ports is a broken tunnel.
+    pub async fn bind(config: Config) -> Result<Server, BindError> {
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        for l in config.listeners {
+            let socket = TcpListener::bind(l.listen).await.map_err(|source| BindError {
+                name: l.name.clone(),
+                addr: l.listen,
+                source,
+            })?;
+            let local = socket.local_addr().unwrap_or(l.listen);
+            warn_if_risky(&l, local);
+            tracing::info!(listener = %l.name, listen = %local, upstream = %l.upstream,
+                auth = l.auth.is_some(), "listening");
+            listeners.push((Arc::new(l), socket));
+        }
+        Ok(Server {
+            listeners,
+            shutdown_grace: config.shutdown_grace,
+        })
+    }
+
+    /// The bound address of each listener, in config order.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .map(|(l, s)| s.local_addr().unwrap_or(l.listen))
+            .collect()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets open sessions run for up to
+    /// `shutdown_grace`, and closes whatever is still open.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let stop_accepting = CancellationToken::new();
+        let end_sessions = CancellationToken::new();
+        let sessions = TaskTracker::new();
+        let mut acceptors = tokio::task::JoinSet::new();
+        for (listener, socket) in self.listeners {
+            acceptors.spawn(accept_loop(
+                listener,
+                socket,
+                sessions.clone(),
+                stop_accepting.clone(),
+                end_sessions.clone(),
+            ));
+        }
+        shutdown.await;
+        stop_accepting.cancel();
+        while acceptors.join_next().await.is_some() {}
+        sessions.close();
+        let grace = self.shutdown_grace;
+        if !sessions.is_empty() {
+            tracing::info!(open = sessions.len(), grace = %humantime::format_duration(grace),
+                "listeners closed; waiting for open sessions");
+        }
+        if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
+            tracing::warn!(open = sessions.len(), "shutdown grace over; closing open sessions");
+            end_sessions.cancel();
+            sessions.wait().await;
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// Binds and serves `config` until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), BindError> {
+    Server::bind(config).await?.run(shutdown).await;
+    Ok(())
+}
+
+fn warn_if_risky(l: &ListenerConfig, local: SocketAddr) {
+    if l.insecure_skip_verify {
+        tracing::warn!(listener = %l.name, upstream = %l.upstream,
+            "insecure_skip_verify = true: the upstream certificate is NOT verified; anyone on the path can impersonate the server and read the traffic and AUTH token");
+    }
+    if !local.ip().is_loopback() {
+        tracing::warn!(listener = %l.name, listen = %local,
+            "listening on a non-loopback address: whoever can reach it gets a session{}",
+            if l.auth.is_some() { " authenticated with the injected credentials" } else { "" });
+    }
+}
+
+async fn accept_loop(
+    listener: Arc<ListenerConfig>,
+    socket: TcpListener,
+    sessions: TaskTracker,
+    stop: CancellationToken,
+    end_sessions: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = socket.accept() => r,
+        };
+        match accepted {
+            Ok((client, peer)) => {
+                backoff = Duration::from_millis(5);
+                tracing::debug!(listener = %listener.name, client = %peer, "client connected");
+                let listener = listener.clone();
+                let end = end_sessions.clone();
+                sessions.spawn(async move {
+                    tokio::select! {
+                        _ = session::serve(client, peer, listener.clone()) => {}
+                        _ = end.cancelled() => tracing::debug!(listener = %listener.name,
+                            client = %peer, "session closed at end of shutdown grace"),
+                    }
+                });
+            }
+            // Out of file descriptors or a similar passing condition: back off rather than
+            // spin, and keep the listener (mini-redis does the same).
+            Err(e) => {
+                tracing::warn!(listener = %listener.name, error = %e, retry_in = ?backoff, "accept failed");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
