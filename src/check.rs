@@ -42,9 +42,9 @@ pub async fn check(config: &Config, connect: bool) -> bool {
 }
 
 /// Runs the probes concurrently so that a timeout on one listener does not add to the others.
-async fn futures_join<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+async fn futures_join<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let mut set = tokio::task::JoinSet::new();
@@ -69,7 +69,9 @@ fn auth_summary(l: &ListenerConfig) -> String {
     }
 }
 
-fn probe(l: &ListenerConfig) -> impl std::future::Future<Output = Result<String, DialError>> + Send + 'static {
+fn probe(
+    l: &ListenerConfig,
+) -> impl std::future::Future<Output = Result<String, DialError>> + Send + 'static {
     let l = l.clone();
     async move {
         let Dialed {
@@ -80,7 +82,7 @@ fn probe(l: &ListenerConfig) -> impl std::future::Future<Output = Result<String,
         let conn = &stream.get_ref().1;
         let mut line = format!("upstream={} addr={peer}", l.upstream);
         if let Some(v) = conn.protocol_version() {
-            let _ = write!(line, " tls={}", v.as_str().unwrap_or("?"));
+            let _ = write!(line, " tls={}", v.as_str().unwrap_or("?").replace('_', "."));
         }
         if let Some(s) = conn.negotiated_cipher_suite() {
             let _ = write!(line, " cipher={}", s.suite().as_str().unwrap_or("?"));
@@ -98,7 +100,10 @@ fn probe(l: &ListenerConfig) -> impl std::future::Future<Output = Result<String,
         let mut cmd = BytesMut::new();
         resp::encode_command(&mut cmd, &[b"PING"]);
         let start = Instant::now();
-        stream.write_all(&cmd).await.map_err(|e| fail(e.to_string()))?;
+        stream
+            .write_all(&cmd)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
         let reply = resp::read_line(&mut stream, &mut leftover)
             .await
             .map_err(|e| fail(e.to_string()))?;
@@ -110,7 +115,11 @@ fn probe(l: &ListenerConfig) -> impl std::future::Future<Output = Result<String,
             // No credentials configured and the server wants some: the tunnel works, the
             // clients will have to AUTH themselves.
             Line::Error(e) if l.auth.is_none() && e.starts_with("NOAUTH") => {
-                let _ = write!(line, " ping={:.2}ms (NOAUTH: clients must AUTH themselves)", rtt.as_secs_f64() * 1e3);
+                let _ = write!(
+                    line,
+                    " ping={:.2}ms (NOAUTH: clients must AUTH themselves)",
+                    rtt.as_secs_f64() * 1e3
+                );
             }
             Line::Error(e) => return Err(fail(e)),
         }

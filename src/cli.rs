@@ -45,7 +45,12 @@ struct SourceArgs {
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     config: Option<PathBuf>,
     /// One-listener mode: local address to listen on, e.g. 127.0.0.1:6379.
-    #[arg(long, value_name = "ADDR", requires = "upstream", conflicts_with = "config")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        requires = "upstream",
+        conflicts_with = "config"
+    )]
     listen: Option<String>,
     /// One-listener mode: the TLS Redis endpoint, HOST:PORT.
     #[arg(long, value_name = "HOST:PORT", requires = "listen")]
@@ -161,8 +166,10 @@ fn init_logging(args: &LogArgs) {
         LogLevel::Debug => tracing::Level::DEBUG,
         LogLevel::Trace => tracing::Level::TRACE,
     };
+    use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt()
         .with_max_level(level)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match args.log_format {
         LogFormat::Text => builder.try_init(),

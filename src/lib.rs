@@ -8,7 +8,7 @@
 //! - [`resp`]: the RESP the tunnel itself speaks (its own commands and their one-line replies).
 //! - [`session`]: one client: dial, then forward both directions with half-close.
 //! - [`server`]: binding listeners, accepting, graceful drain on shutdown.
-//! - [`shutdown`]: SIGINT/SIGTERM.
+//! - [`shutdown`]: the SIGINT/SIGTERM future.
 //! - [`check`]: `ectunnel check [--connect]`.
 #![forbid(unsafe_code)]
 

@@ -34,11 +34,13 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Server, BindError> {
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in config.listeners {
-            let socket = TcpListener::bind(l.listen).await.map_err(|source| BindError {
-                name: l.name.clone(),
-                addr: l.listen,
-                source,
-            })?;
+            let socket = TcpListener::bind(l.listen)
+                .await
+                .map_err(|source| BindError {
+                    name: l.name.clone(),
+                    addr: l.listen,
+                    source,
+                })?;
             let local = socket.local_addr().unwrap_or(l.listen);
             warn_if_risky(&l, local);
             tracing::info!(listener = %l.name, listen = %local, upstream = %l.upstream,
@@ -85,7 +87,10 @@ impl Server {
                 "listeners closed; waiting for open sessions");
         }
         if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
-            tracing::warn!(open = sessions.len(), "shutdown grace over; closing open sessions");
+            tracing::warn!(
+                open = sessions.len(),
+                "shutdown grace over; closing open sessions"
+            );
             end_sessions.cancel();
             sessions.wait().await;
         }

@@ -79,7 +79,9 @@ pub fn client_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, TlsError> {
         .with_protocol_versions(versions)?
         .with_root_certificates(root_store(opts.ca_file.as_deref())?);
     let mut config = match (&opts.client_cert, &opts.client_key) {
-        (Some(cert), Some(key)) => builder.with_client_auth_cert(read_certs("client_cert", cert)?, read_key(key)?)?,
+        (Some(cert), Some(key)) => {
+            builder.with_client_auth_cert(read_certs("client_cert", cert)?, read_key(key)?)?
+        }
         (None, None) => builder.with_no_client_auth(),
         _ => return Err(TlsError::HalfClientPair),
     };
@@ -101,13 +103,11 @@ fn root_store(ca_file: Option<&Path>) -> Result<RootCertStore, TlsError> {
     };
     let mut store = RootCertStore::empty();
     for cert in read_certs("ca_file", path)? {
-        store
-            .add(cert)
-            .map_err(|e| TlsError::Certificates {
-                field: "ca_file",
-                path: path.to_owned(),
-                reason: e.to_string(),
-            })?;
+        store.add(cert).map_err(|e| TlsError::Certificates {
+            field: "ca_file",
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
     }
     Ok(store)
 }

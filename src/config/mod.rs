@@ -90,7 +90,9 @@ impl std::str::FromStr for UpstreamAddr {
             return Err(format!("`{s}` has no host; expected host:port"));
         }
         if host.contains(':') && !s.starts_with('[') {
-            return Err(format!("`{s}`: write an IPv6 address in brackets, [addr]:port"));
+            return Err(format!(
+                "`{s}`: write an IPv6 address in brackets, [addr]:port"
+            ));
         }
         let port: u16 = port
             .parse()
@@ -280,7 +282,11 @@ fn unspanned<T>(v: T) -> Spanned<T> {
 
 fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
 }
 
 /// The dotted key on the line holding `offset`, prefixed by the table it sits in
@@ -299,7 +305,9 @@ fn key_at(text: &str, offset: usize) -> String {
         .map(str::trim)
         .find(|l| l.starts_with('['))
         .map(header);
-    let key = line.split_once('=').map(|(k, _)| k.trim().trim_matches('"'));
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"'));
     match (table, key) {
         (Some(t), Some(k)) => format!("{t}.{k}"),
         (None, Some(k)) => k.to_owned(),
@@ -387,7 +395,10 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
             return Err(src.invalid(
                 &spanned.span(),
                 "listener.name",
-                format!("two listeners are named `{}`; names must be unique", other.name),
+                format!(
+                    "two listeners are named `{}`; names must be unique",
+                    other.name
+                ),
             ));
         }
         if listen.port() != 0 && listeners.iter().any(|o| o.listen == listen) {
@@ -445,7 +456,11 @@ fn tls_settings(
     upstream: &UpstreamAddr,
     src: &Source<'_>,
 ) -> Result<(TlsOptions, ServerName<'static>, bool), ConfigError> {
-    let min_version = match merge(own.min_version.as_ref(), default.min_version.as_ref(), "min_version") {
+    let min_version = match merge(
+        own.min_version.as_ref(),
+        default.min_version.as_ref(),
+        "min_version",
+    ) {
         None => None,
         Some(m) => Some(match m.value.get_ref().as_str() {
             "1.2" => MinVersion::Tls12,
@@ -459,19 +474,29 @@ fn tls_settings(
             }
         }),
     };
-    let server_name = match merge(own.server_name.as_ref(), default.server_name.as_ref(), "server_name") {
+    let server_name = match merge(
+        own.server_name.as_ref(),
+        default.server_name.as_ref(),
+        "server_name",
+    ) {
         Some(m) => ServerName::try_from(m.value.get_ref().clone()).map_err(|_| {
             src.invalid(
                 &m.value.span(),
                 &m.key,
-                format!("`{}` is not a valid DNS name or IP address", m.value.get_ref()),
+                format!(
+                    "`{}` is not a valid DNS name or IP address",
+                    m.value.get_ref()
+                ),
             )
         })?,
         None => server_name_for(&upstream.host).ok_or_else(|| {
             src.invalid(
                 &(0..0),
                 "listener.upstream",
-                format!("`{}` cannot be verified as a TLS name; set tls.server_name", upstream.host),
+                format!(
+                    "`{}` cannot be verified as a TLS name; set tls.server_name",
+                    upstream.host
+                ),
             )
         })?,
     };
@@ -484,9 +509,21 @@ fn tls_settings(
     .is_some_and(|m| *m.value.get_ref());
     Ok((
         TlsOptions {
-            ca_file: path(merge(own.ca_file.as_ref(), default.ca_file.as_ref(), "ca_file")),
-            client_cert: path(merge(own.client_cert.as_ref(), default.client_cert.as_ref(), "client_cert")),
-            client_key: path(merge(own.client_key.as_ref(), default.client_key.as_ref(), "client_key")),
+            ca_file: path(merge(
+                own.ca_file.as_ref(),
+                default.ca_file.as_ref(),
+                "ca_file",
+            )),
+            client_cert: path(merge(
+                own.client_cert.as_ref(),
+                default.client_cert.as_ref(),
+                "client_cert",
+            )),
+            client_key: path(merge(
+                own.client_key.as_ref(),
+                default.client_key.as_ref(),
+                "client_key",
+            )),
             min_version,
             insecure_skip_verify: insecure,
         },
@@ -510,7 +547,11 @@ fn credentials(
     src: &Source<'_>,
 ) -> Result<Credentials, ConfigError> {
     let a = auth.get_ref();
-    let given = [a.password_env.is_some(), a.password_file.is_some(), a.password.is_some()];
+    let given = [
+        a.password_env.is_some(),
+        a.password_file.is_some(),
+        a.password.is_some(),
+    ];
     if given.iter().filter(|g| **g).count() != 1 {
         return Err(src.invalid(
             &auth.span(),
@@ -523,27 +564,47 @@ fn credentials(
         let key = format!("{table}.password_env");
         match std::env::var(name) {
             Ok(v) if v.is_empty() => {
-                return Err(src.invalid(&var.span(), &key, format!("environment variable {name} is empty")));
+                return Err(src.invalid(
+                    &var.span(),
+                    &key,
+                    format!("environment variable {name} is empty"),
+                ));
             }
             Ok(v) => v,
             Err(std::env::VarError::NotPresent) => {
-                return Err(src.invalid(&var.span(), &key, format!("environment variable {name} is not set")));
+                return Err(src.invalid(
+                    &var.span(),
+                    &key,
+                    format!("environment variable {name} is not set"),
+                ));
             }
             Err(std::env::VarError::NotUnicode(_)) => {
-                return Err(src.invalid(&var.span(), &key, format!("environment variable {name} is not valid UTF-8")));
+                return Err(src.invalid(
+                    &var.span(),
+                    &key,
+                    format!("environment variable {name} is not valid UTF-8"),
+                ));
             }
         }
     } else if let Some(file) = &a.password_file {
         let path = file.get_ref();
         let key = format!("{table}.password_file");
         let text = std::fs::read_to_string(path).map_err(|e| {
-            src.invalid(&file.span(), &key, format!("cannot read password file {}: {e}", path.display()))
+            src.invalid(
+                &file.span(),
+                &key,
+                format!("cannot read password file {}: {e}", path.display()),
+            )
         })?;
         // Secret files written by editors, `echo` or Kubernetes often end in a newline that is
         // not part of the token.
         let value = text.trim_end_matches(['\r', '\n']).to_owned();
         if value.is_empty() {
-            return Err(src.invalid(&file.span(), &key, format!("password file {} is empty", path.display())));
+            return Err(src.invalid(
+                &file.span(),
+                &key,
+                format!("password file {} is empty", path.display()),
+            ));
         }
         value
     } else if let Some(p) = &a.password {
@@ -611,8 +672,15 @@ mod tests {
         assert!(e.starts_with("t.toml:3: listener.upstream: "), "{e}");
         let e = err(&format!("[tls]\nmin_version = \"1.1\"\n{MIN}"));
         assert!(e.starts_with("t.toml:2: tls.min_version: "), "{e}");
-        let e = err(&format!("{MIN}[listener.tls]\nca_file = \"/nonexistent/ca.pem\"\n"));
-        assert!(e.starts_with("t.toml:5: listener.tls.ca_file: cannot read certificates from /nonexistent/ca.pem"), "{e}");
+        let e = err(&format!(
+            "{MIN}[listener.tls]\nca_file = \"/nonexistent/ca.pem\"\n"
+        ));
+        assert!(
+            e.starts_with(
+                "t.toml:5: listener.tls.ca_file: cannot read certificates from /nonexistent/ca.pem"
+            ),
+            "{e}"
+        );
         let e = err("");
         assert!(e.contains("no [[listener]]"), "{e}");
     }
@@ -621,19 +689,30 @@ mod tests {
     fn auth_needs_exactly_one_source() {
         let e = err(&format!("[auth]\nusername = \"u\"\n{MIN}"));
         assert!(e.starts_with("t.toml:1: auth: set exactly one of"), "{e}");
-        let e = err(&format!("[auth]\npassword = \"a\"\npassword_env = \"B\"\n{MIN}"));
+        let e = err(&format!(
+            "[auth]\npassword = \"a\"\npassword_env = \"B\"\n{MIN}"
+        ));
         assert!(e.contains("exactly one"), "{e}");
     }
 
     #[test]
     fn missing_env_and_file_are_named() {
-        let e = err(&format!("[auth]\npassword_env = \"ECTUNNEL_TEST_SURELY_UNSET\"\n{MIN}"));
+        let e = err(&format!(
+            "[auth]\npassword_env = \"ECTUNNEL_TEST_SURELY_UNSET\"\n{MIN}"
+        ));
         assert_eq!(
             e,
             "t.toml:2: auth.password_env: environment variable ECTUNNEL_TEST_SURELY_UNSET is not set"
         );
-        let e = err(&format!("{MIN}[listener.auth]\npassword_file = \"/nonexistent/tok\"\n"));
-        assert!(e.starts_with("t.toml:5: listener.auth.password_file: cannot read password file /nonexistent/tok"), "{e}");
+        let e = err(&format!(
+            "{MIN}[listener.auth]\npassword_file = \"/nonexistent/tok\"\n"
+        ));
+        assert!(
+            e.starts_with(
+                "t.toml:5: listener.auth.password_file: cannot read password file /nonexistent/tok"
+            ),
+            "{e}"
+        );
     }
 
     #[test]
@@ -647,11 +726,20 @@ mod tests {
         );
         let c = Config::from_toml(&text, "t.toml").unwrap();
         let a = c.listeners[0].auth.as_ref().unwrap();
-        assert_eq!((a.username.as_deref(), a.password.expose()), (None, "inline-token-123456"));
+        assert_eq!(
+            (a.username.as_deref(), a.password.expose()),
+            (None, "inline-token-123456")
+        );
         let b = c.listeners[1].auth.as_ref().unwrap();
-        assert_eq!((b.username.as_deref(), b.password.expose()), (Some("app"), "file-token-123456"));
+        assert_eq!(
+            (b.username.as_deref(), b.password.expose()),
+            (Some("app"), "file-token-123456")
+        );
         let dump = format!("{c:?}");
-        assert!(!dump.contains("inline-token") && !dump.contains("file-token"), "{dump}");
+        assert!(
+            !dump.contains("inline-token") && !dump.contains("file-token"),
+            "{dump}"
+        );
     }
 
     #[test]

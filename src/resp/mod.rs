@@ -43,7 +43,10 @@ pub enum ReplyError {
 
 /// Reads one `+…\r\n` or `-…\r\n` line from `r`, keeping any bytes after it in `buf` so nothing
 /// the server sent is lost.
-pub async fn read_line<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut) -> Result<Line, ReplyError> {
+pub async fn read_line<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+) -> Result<Line, ReplyError> {
     loop {
         if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
             let line = String::from_utf8_lossy(&buf[..end]).into_owned();
@@ -55,7 +58,9 @@ pub async fn read_line<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut) -> R
             };
         }
         if buf.len() > MAX_LINE {
-            return Err(ReplyError::Unexpected(printable(&String::from_utf8_lossy(&buf[..80]))));
+            return Err(ReplyError::Unexpected(printable(&String::from_utf8_lossy(
+                &buf[..80],
+            ))));
         }
         if r.read_buf(buf).await? == 0 {
             return Err(ReplyError::Closed);
@@ -79,19 +84,28 @@ mod tests {
     fn encodes_multibulk() {
         let mut b = BytesMut::new();
         encode_command(&mut b, &[b"AUTH", b"user", b"p w\r\n"]);
-        assert_eq!(&b[..], b"*3\r\n$4\r\nAUTH\r\n$4\r\nuser\r\n$5\r\np w\r\n\r\n");
+        assert_eq!(
+            &b[..],
+            b"*3\r\n$4\r\nAUTH\r\n$4\r\nuser\r\n$5\r\np w\r\n\r\n"
+        );
     }
 
     #[tokio::test]
     async fn reads_lines_and_keeps_the_rest() {
         let mut input: &[u8] = b"+OK\r\n-WRONGPASS invalid\r\n+PONG";
         let mut buf = BytesMut::new();
-        assert_eq!(read_line(&mut input, &mut buf).await.unwrap(), Line::Status("OK".into()));
+        assert_eq!(
+            read_line(&mut input, &mut buf).await.unwrap(),
+            Line::Status("OK".into())
+        );
         assert_eq!(
             read_line(&mut input, &mut buf).await.unwrap(),
             Line::Error("WRONGPASS invalid".into())
         );
-        assert!(matches!(read_line(&mut input, &mut buf).await, Err(ReplyError::Closed)));
+        assert!(matches!(
+            read_line(&mut input, &mut buf).await,
+            Err(ReplyError::Closed)
+        ));
         assert_eq!(&buf[..], b"+PONG");
         let mut input: &[u8] = b"$3\r\nfoo\r\n";
         assert!(matches!(

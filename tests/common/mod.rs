@@ -1,0 +1,416 @@
+//! Test harness: certificates made at test time, a real TLS `redis-server` on an ephemeral
+//! loopback port, the tunnel in-process or as the built binary, and byte-exact RESP reading.
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+/// Upper bound for any single wait in a test; generous for a loaded 2-core machine.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A CA and a server certificate signed by it, written as PEM files.
+pub struct Pki {
+    pub dir: TempDir,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Makes a CA and a server certificate for `names` (DNS names or IPs).
+pub fn pki(names: &[&str]) -> Pki {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "ectunnel test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let mut params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    params.distinguished_name.push(
+        DnType::CommonName,
+        names.first().copied().unwrap_or("server"),
+    );
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca).unwrap();
+    let write = |name: &str, text: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    Pki {
+        ca: write("ca.pem", ca.pem()),
+        cert: write("server.pem", cert.pem()),
+        key: write("server.key", key.serialize_pem()),
+        dir,
+    }
+}
+
+/// A real `redis-server` listening only for TLS on 127.0.0.1, killed on drop.
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+    _dir: TempDir,
+}
+
+impl Redis {
+    /// Starts redis-server with TLS from `pki` and `extra` arguments (e.g. `--requirepass x`).
+    /// Waits for the server's own "Ready to accept connections" line, not for a timer.
+    pub fn start(pki: &Pki, extra: &[&str]) -> Redis {
+        let mut log = String::new();
+        for _ in 0..5 {
+            // The port is free now; redis cannot bind port 0 itself. A race with another
+            // process taking it is caught below and retried with a new port.
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let dir = tempfile::tempdir().unwrap();
+            let mut child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    "0",
+                    "--bind",
+                    "127.0.0.1",
+                    "--tls-port",
+                    &port.to_string(),
+                ])
+                .arg("--tls-cert-file")
+                .arg(&pki.cert)
+                .arg("--tls-key-file")
+                .arg(&pki.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&pki.ca)
+                .args([
+                    "--tls-auth-clients",
+                    "no",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .args(["--logfile", "", "--daemonize", "no"])
+                .arg("--dir")
+                .arg(dir.path())
+                .args(extra)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed (scripts/test installs it)");
+            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+            let mut ready = false;
+            for line in lines.by_ref() {
+                let Ok(line) = line else { break };
+                if line.contains("Ready to accept connections") {
+                    ready = true;
+                    break;
+                }
+                log.push_str(&line);
+                log.push('\n');
+            }
+            if ready {
+                // Keep draining the log so the server never blocks on a full pipe.
+                std::thread::spawn(move || for _ in lines {});
+                return Redis {
+                    child,
+                    port,
+                    _dir: dir,
+                };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("redis-server did not start with TLS after 5 attempts:\n{log}");
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The tunnel running in this process, stopped (gracefully) on drop.
+pub struct Tunnel {
+    pub addrs: Vec<SocketAddr>,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Tunnel {
+    pub async fn start(toml: &str) -> Tunnel {
+        let config = ectunnel::Config::from_toml(toml, "test.toml").expect("valid test config");
+        let server = ectunnel::Server::bind(config).await.expect("bind");
+        let addrs = server.local_addrs();
+        let (tx, rx) = oneshot::channel::<()>();
+        let done = tokio::spawn(server.run(async {
+            let _ = rx.await;
+        }));
+        Tunnel {
+            addrs,
+            stop: Some(tx),
+            done: Some(done),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    /// Signals shutdown; the returned handle completes when the server has stopped.
+    pub fn shutdown(&mut self) -> tokio::task::JoinHandle<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.done.take().expect("shutdown once")
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A config with one listener on an ephemeral port in front of `upstream`, trusting `pki`'s CA.
+pub fn listener_toml(upstream: &str, pki: &Pki, extra_top: &str) -> String {
+    format!(
+        "{extra_top}\n[tls]\nca_file = \"{}\"\n\n[[listener]]\nname = \"primary\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\n",
+        pki.ca.display()
+    )
+}
+
+pub async fn connect(addr: SocketAddr) -> TcpStream {
+    tokio::time::timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .expect("connect timed out")
+        .expect("connect")
+}
+
+/// Sends `cmd` and returns the one complete reply, byte for byte.
+pub async fn roundtrip(s: &mut TcpStream, cmd: &[u8]) -> String {
+    s.write_all(cmd).await.unwrap();
+    read_reply(s).await
+}
+
+/// Reads exactly one RESP reply (whatever its type) and returns its raw bytes as text.
+pub async fn read_reply(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(n) = frame_len(&buf) {
+                assert_eq!(
+                    n,
+                    buf.len(),
+                    "more than one reply arrived: {:?}",
+                    String::from_utf8_lossy(&buf)
+                );
+                return;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = s.read(&mut chunk).await.expect("read reply");
+            assert!(
+                n > 0,
+                "connection closed before a full reply; got {:?}",
+                String::from_utf8_lossy(&buf)
+            );
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("reply timed out");
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Reads until the peer closes; returns everything read, or the read error.
+pub async fn read_to_close(s: &mut TcpStream) -> std::io::Result<String> {
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .expect("close timed out")?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// Length of the first complete RESP2 frame in `b`, if complete.
+pub fn frame_len(b: &[u8]) -> Option<usize> {
+    let line_end = b.windows(2).position(|w| w == b"\r\n")?;
+    let head = std::str::from_utf8(&b[1..line_end]).ok()?;
+    let after = line_end + 2;
+    match b.first()? {
+        b'+' | b'-' | b':' => Some(after),
+        b'$' => {
+            let n: i64 = head.parse().ok()?;
+            if n < 0 {
+                return Some(after);
+            }
+            let end = after + n as usize + 2;
+            (b.len() >= end).then_some(end)
+        }
+        b'*' => {
+            let n: i64 = head.parse().ok()?;
+            let mut at = after;
+            for _ in 0..n.max(0) {
+                at += frame_len(&b[at..])?;
+            }
+            Some(at)
+        }
+        _ => panic!("not RESP: {:?}", String::from_utf8_lossy(b)),
+    }
+}
+
+/// `*N\r\n$len\r\narg\r\n…` for the given words.
+pub fn cmd(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+    }
+    out
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// The built `ectunnel` binary, running, with its stderr collected line by line.
+pub struct Bin {
+    child: Option<Child>,
+    pub pid: u32,
+    lines: std::sync::mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Bin {
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Bin {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ectunnel"));
+        command
+            .args(args)
+            .env_remove("ECTUNNEL_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Bin {
+            pid: child.id(),
+            child: Some(child),
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a stderr line matching `pred` and returns it.
+    pub fn wait_line(&mut self, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if pred(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no matching log line; saw:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    /// The address the first listener bound, read from its "listening" log line.
+    pub fn listen_addr(&mut self) -> SocketAddr {
+        let line = self.wait_line(|l| l.contains("listening"));
+        let at = ["listen=", "\"listen\":\""]
+            .iter()
+            .find_map(|k| line.find(k).map(|i| i + k.len()))
+            .unwrap_or_else(|| panic!("no listen field in {line}"));
+        line[at..]
+            .split(|c: char| c.is_whitespace() || c == '"' || c == ',')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for exit; returns the status and all of stderr.
+    pub fn finish(mut self) -> (std::process::ExitStatus, String) {
+        let pid = self.pid;
+        let mut child = self.child.take().expect("not finished yet");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        let Ok(status) = rx.recv_timeout(WAIT) else {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("ectunnel did not exit; log:\n{}", self.seen.join("\n"));
+        };
+        for line in self.lines.iter() {
+            self.seen.push(line);
+        }
+        (status.unwrap(), std::mem::take(&mut self.seen).join("\n"))
+    }
+}
+
+impl Drop for Bin {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs the binary to completion: (exit code, stdout, stderr).
+pub fn run_bin(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ectunnel"));
+    command.args(args).env_remove("ECTUNNEL_CONFIG");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
