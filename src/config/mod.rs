@@ -787,3 +787,23 @@ mod tests {
         assert!(e.starts_with("command line: listener.listen: "), "{e}");
     }
 }
+
+#[cfg(test)]
+mod shipped_examples {
+    use super::*;
+
+    /// The example configs in config/ must stay valid as the format evolves.
+    #[test]
+    fn config_redis_cli_toml_parses() {
+        let text = include_str!("../../config/redis-cli.toml").replace(
+            "password_env = \"REDIS_AUTH\"",
+            "password = \"example-token-0000\"",
+        );
+        let c = Config::from_toml(&text, "config/redis-cli.toml").unwrap();
+        assert_eq!(c.listeners.len(), 2);
+        assert_eq!(
+            c.listeners[0].server_name.to_str(),
+            "master.ssltest.wif01h.use1.cache.amazonaws.com"
+        );
+    }
+}

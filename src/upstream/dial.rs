@@ -75,7 +75,9 @@ pub async fn dial(l: &ListenerConfig) -> Result<Dialed, DialError> {
     if addrs.is_empty() {
         return Err(fail(Stage::Dns, "the name has no addresses".into()));
     }
-    let (tcp, peer) = timeout(t, connect_any(&addrs))
+    // Name the address in connect errors unless the upstream already is that address.
+    let name_addrs = l.upstream.host.parse::<std::net::IpAddr>().is_err();
+    let (tcp, peer) = timeout(t, connect_any(&addrs, name_addrs))
         .await
         .map_err(|_| fail(Stage::Connect, timed_out(t)))?
         .map_err(|e| fail(Stage::Connect, e.to_string()))?;
@@ -113,12 +115,16 @@ fn timed_out(t: Duration) -> String {
 }
 
 /// Tries each resolved address in turn, as a client library would, and reports the last error.
-async fn connect_any(addrs: &[SocketAddr]) -> io::Result<(TcpStream, SocketAddr)> {
+async fn connect_any(
+    addrs: &[SocketAddr],
+    name_addrs: bool,
+) -> io::Result<(TcpStream, SocketAddr)> {
     let mut last = None;
     for addr in addrs {
         match TcpStream::connect(addr).await {
             Ok(s) => return Ok((s, *addr)),
-            Err(e) => last = Some(io::Error::new(e.kind(), format!("{addr}: {e}"))),
+            Err(e) if name_addrs => last = Some(io::Error::new(e.kind(), format!("{addr}: {e}"))),
+            Err(e) => last = Some(e),
         }
     }
     Err(last.unwrap_or_else(|| io::Error::other("no address to connect to")))
