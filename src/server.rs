@@ -105,15 +105,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 }
 
 fn warn_if_risky(l: &ListenerConfig, local: SocketAddr) {
+    for risk in risks(l, local) {
+        tracing::warn!(listener = %l.name, listen = %local, upstream = %l.upstream, "{risk}");
+    }
+}
+
+/// What an operator must be told at start about this listener's exposure.
+fn risks(l: &ListenerConfig, local: SocketAddr) -> Vec<String> {
+    let mut out = Vec::new();
     if l.insecure_skip_verify {
-        tracing::warn!(listener = %l.name, upstream = %l.upstream,
-            "insecure_skip_verify = true: the upstream certificate is NOT verified; anyone on the path can impersonate the server and read the traffic and AUTH token");
+        out.push("insecure_skip_verify = true: the upstream certificate is NOT verified; anyone on the path can impersonate the server and read the traffic and AUTH token".to_owned());
     }
     if !local.ip().is_loopback() {
-        tracing::warn!(listener = %l.name, listen = %local,
+        out.push(format!(
             "listening on a non-loopback address: whoever can reach it gets a session{}",
-            if l.auth.is_some() { " authenticated with the injected credentials" } else { "" });
+            if l.auth.is_some() {
+                " authenticated with the injected credentials"
+            } else {
+                ""
+            }
+        ));
     }
+    out
 }
 
 async fn accept_loop(
@@ -154,5 +167,36 @@ async fn accept_loop(
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listener(toml_extra: &str, listen: &str) -> ListenerConfig {
+        let text = format!(
+            "{toml_extra}\n[[listener]]\nlisten = \"{listen}\"\nupstream = \"localhost:6379\"\n"
+        );
+        Config::from_toml(&text, "t.toml")
+            .unwrap()
+            .listeners
+            .remove(0)
+    }
+
+    #[test]
+    fn warns_about_skipped_verification_and_exposure() {
+        let quiet = listener("", "127.0.0.1:6379");
+        assert!(risks(&quiet, quiet.listen).is_empty());
+        let v6 = listener("", "[::1]:6379");
+        assert!(risks(&v6, v6.listen).is_empty());
+        let loud = listener(
+            "[tls]\ninsecure_skip_verify = true\n[auth]\npassword = \"t-0000000000000000\"",
+            "0.0.0.0:6379",
+        );
+        let r = risks(&loud, loud.listen);
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert!(r[0].contains("NOT verified"));
+        assert!(r[1].contains("non-loopback") && r[1].contains("authenticated"));
     }
 }
