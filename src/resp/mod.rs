@@ -1,6 +1,8 @@
 //! The little RESP the tunnel itself speaks: encoding its own commands and reading the one-line
 //! replies to them (AUTH, PING) during a dial, before any client byte flows.
 
+pub mod scan;
+
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
