@@ -191,7 +191,7 @@ mod tests {
         let v6 = listener("", "[::1]:6379");
         assert!(risks(&v6, v6.listen).is_empty());
         let loud = listener(
-            "[tls]\ninsecure_skip_verify = true\n[auth]\npassword = \"t-0000000000000000\"",
+            "[tls]\ninsecure_skip_verify = true\n[auth]\npassword = \"t-0000000000000000\"\n[client_auth]\nmode = \"require\"\npassword = \"c-0000000000000000\"",
             "0.0.0.0:6379",
         );
         let r = risks(&loud, loud.listen);

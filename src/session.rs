@@ -1,18 +1,22 @@
-//! One client: dial its upstream session, then forward bytes both ways until both sides are done.
+//! One client: dial its upstream session, then forward both directions until both are done:
+//! through the RESP engine (`protocol = "resp"`) or as a byte pipe (`protocol = "raw"`).
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::time::timeout;
 
-use crate::config::ListenerConfig;
+use crate::config::{ListenerConfig, Protocol};
+use crate::resp::engine::{Entry, Fifo, Op, Replies, Requests};
 use crate::upstream::{self, DialError, Dialed};
 
-/// Per-direction copy buffer. 16 KiB holds a full TLS record, so one read drains one record.
+/// Read buffer per direction. 16 KiB holds a full TLS record, so one read drains one record.
 const BUF_SIZE: usize = 16 * 1024;
 
 /// How long a refused client's connection is kept half-open to drain its input, so that the
@@ -20,37 +24,56 @@ const BUF_SIZE: usize = 16 * 1024;
 const LINGER: Duration = Duration::from_secs(5);
 
 /// Serves one accepted client to completion.
-pub async fn serve(client: TcpStream, peer: SocketAddr, listener: Arc<ListenerConfig>) {
+pub async fn serve(mut client: TcpStream, peer: SocketAddr, listener: Arc<ListenerConfig>) {
     // Nagle would hold small replies back waiting for ACKs; RESP is request/response.
     let _ = client.set_nodelay(true);
-    match upstream::dial(&listener).await {
-        Ok(up) => {
-            let upstream = up.peer;
-            match forward(client, up).await {
-                Ok((to_up, to_client)) => tracing::debug!(
-                    listener = %listener.name, client = %peer, %upstream, to_up, to_client,
-                    "session closed"
-                ),
-                Err(e) => tracing::debug!(
-                    listener = %listener.name, client = %peer, %upstream, error = %e,
-                    "session ended by an error"
-                ),
-            }
-        }
+    let up = match upstream::dial(&listener).await {
+        Ok(up) => up,
         Err(e) => {
             tracing::warn!(listener = %listener.name, client = %peer, "{e}");
             refuse(client, &e).await;
+            return;
         }
+    };
+    let upstream = up.peer;
+    let result = match listener.protocol {
+        Protocol::Raw => forward_raw(&mut client, up).await,
+        Protocol::Resp => forward_resp(&mut client, up, &listener).await,
+    };
+    match result {
+        Ok(end) => {
+            tracing::debug!(listener = %listener.name, client = %peer, %upstream,
+                to_up = end.to_up, to_client = end.to_client, "session closed");
+            if end.tunnel_closed {
+                linger(client).await;
+            }
+        }
+        Err(e) => tracing::debug!(listener = %listener.name, client = %peer, %upstream,
+            error = %e, "session ended by an error"),
     }
 }
 
-/// Sends the one `-ERR ectunnel: …` line, then closes our sending side and drains what the
-/// client still sends until it closes (bounded by [`LINGER`]). Closing with unread input would
-/// make the kernel send a reset, which can discard the error before the client reads it.
+/// How a session ended.
+struct End {
+    to_up: u64,
+    to_client: u64,
+    /// The tunnel ended it after a final error reply (malformed client input).
+    tunnel_closed: bool,
+}
+
+/// Sends the one `-ERR ectunnel: …` line, then closes with [`linger`].
 async fn refuse(mut client: TcpStream, e: &DialError) {
     let line = format!("-ERR ectunnel: {e}\r\n");
+    if timeout(LINGER, client.write_all(line.as_bytes())).await.is_ok() {
+        linger(client).await;
+    }
+}
+
+/// Closes our sending side, then drains what the client still sends until it closes (bounded
+/// by [`LINGER`]). Closing with unread input would make the kernel send a reset, which can
+/// discard our last reply before the client reads it.
+async fn linger(mut client: TcpStream) {
     let _ = timeout(LINGER, async {
-        client.write_all(line.as_bytes()).await?;
         client.shutdown().await?;
         let mut sink = [0u8; 512];
         while client.read(&mut sink).await? != 0 {}
@@ -59,16 +82,21 @@ async fn refuse(mut client: TcpStream, e: &DialError) {
     .await;
 }
 
-/// Forwards both directions independently. When one side finishes sending (EOF) the other side
-/// is told with a half-close and the opposite direction keeps flowing; an error on either side
-/// ends both, since the session is then broken. Returns bytes sent upstream and to the client.
-async fn forward(mut client: TcpStream, up: Dialed) -> io::Result<(u64, u64)> {
+/// `protocol = "raw"`: both directions copied independently. When one side finishes sending
+/// (EOF) the other is told with a half-close and the opposite direction keeps flowing; an error
+/// on either side ends both, since the session is then broken.
+async fn forward_raw(client: &mut TcpStream, up: Dialed) -> io::Result<End> {
     if !up.leftover.is_empty() {
         client.write_all(&up.leftover).await?;
     }
     let (client_rd, client_wr) = client.split();
     let (up_rd, up_wr) = tokio::io::split(up.stream);
-    tokio::try_join!(pipe(client_rd, up_wr), pipe(up_rd, client_wr))
+    let (to_up, to_client) = tokio::try_join!(pipe(client_rd, up_wr), pipe(up_rd, client_wr))?;
+    Ok(End {
+        to_up,
+        to_client,
+        tunnel_closed: false,
+    })
 }
 
 async fn pipe<R, W>(mut from: R, mut to: W) -> io::Result<u64>
@@ -79,16 +107,137 @@ where
     let mut buf = vec![0u8; BUF_SIZE];
     let mut total = 0u64;
     loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) => break,
-            Ok(n) => n,
-            // Redis closes TLS connections without close_notify; for a byte pipe that is EOF.
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
-            Err(e) => return Err(e),
+        let n = match read_or_eof(from.read(&mut buf).await)? {
+            0 => break,
+            n => n,
         };
         to.write_all(&buf[..n]).await?;
         total += n as u64;
     }
     to.shutdown().await?;
+    Ok(total)
+}
+
+/// Redis closes TLS connections without close_notify; for forwarding purposes that is EOF.
+fn read_or_eof(r: io::Result<usize>) -> io::Result<usize> {
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
+        other => other,
+    }
+}
+
+/// `protocol = "resp"`: the same two independent directions, each through its half of the
+/// RESP engine, sharing the reply FIFO. A direction never waits for the other except through
+/// the FIFO, so a client that pipelines without reading behaves as it would against Redis.
+async fn forward_resp(client: &mut TcpStream, up: Dialed, l: &ListenerConfig) -> io::Result<End> {
+    let fifo = Mutex::new(Fifo::default());
+    let wake = Notify::new();
+    let mut requests = Requests::new(l.client_auth.clone(), l.auth.clone());
+    let mut replies = Replies::new();
+    let (mut client_rd, mut client_wr) = client.split();
+    let (mut up_rd, mut up_wr) = tokio::io::split(up.stream);
+    let name = &l.name;
+
+    let to_upstream = async {
+        let mut buf = BytesMut::with_capacity(BUF_SIZE);
+        let (mut ops, mut entries) = (Vec::new(), Vec::new());
+        let mut total = 0u64;
+        loop {
+            if buf.capacity() - buf.len() < BUF_SIZE / 4 {
+                buf.reserve(BUF_SIZE);
+            }
+            if client_rd.read_buf(&mut buf).await? == 0 {
+                break;
+            }
+            let progress = requests.process(&buf, &mut ops, &mut entries);
+            if !entries.is_empty() {
+                let wake_replies = entries
+                    .iter()
+                    .any(|e| !matches!(e, Entry::Client(_) | Entry::Swallow(_)));
+                lock(&fifo).extend(entries.drain(..));
+                if wake_replies {
+                    wake.notify_one();
+                }
+            }
+            total += write_ops(&mut up_wr, &buf, &mut ops).await?;
+            buf.advance(progress.consumed);
+            if progress.stop {
+                tracing::debug!(listener = %name, "malformed client input; closing after the pending replies");
+                return Ok(total);
+            }
+        }
+        up_wr.shutdown().await?;
+        Ok::<_, io::Error>(total)
+    };
+
+    let to_client = async {
+        let mut buf = BytesMut::with_capacity(BUF_SIZE);
+        let mut ops = Vec::new();
+        let mut total = 0u64;
+        if !up.leftover.is_empty() {
+            buf.extend_from_slice(&up.leftover);
+        }
+        loop {
+            let progress = if buf.is_empty() {
+                tokio::select! {
+                    r = up_rd.read_buf(&mut buf) => {
+                        if read_or_eof(r)? == 0 {
+                            break;
+                        }
+                        continue;
+                    }
+                    _ = wake.notified() => {
+                        if !replies.at_boundary() {
+                            continue;
+                        }
+                        let close = replies.emit_ready(&mut lock(&fifo), &mut ops);
+                        total += write_ops(&mut client_wr, &buf, &mut ops).await?;
+                        if close {
+                            return Ok((total, true));
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                replies.process(&buf, &mut lock(&fifo), &mut ops)
+            };
+            for e in &progress.injected_errors {
+                tracing::warn!(listener = %name, "the server refused the tunnel's re-AUTH after RESET: {e}");
+            }
+            total += write_ops(&mut client_wr, &buf, &mut ops).await?;
+            buf.clear();
+            if progress.close {
+                return Ok((total, true));
+            }
+        }
+        client_wr.shutdown().await?;
+        Ok::<_, io::Error>((total, false))
+    };
+
+    let (to_up, (to_client, tunnel_closed)) = tokio::try_join!(to_upstream, to_client)?;
+    Ok(End {
+        to_up,
+        to_client,
+        tunnel_closed,
+    })
+}
+
+fn lock(fifo: &Mutex<Fifo>) -> MutexGuard<'_, Fifo> {
+    // The FIFO is only touched between awaits; a poisoned lock means a panic elsewhere in this
+    // very session, whose state is still as consistent as it was.
+    fifo.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Writes the engine's output in order: ranges of `buf`, or bytes the tunnel made.
+async fn write_ops<W: AsyncWrite + Unpin>(w: &mut W, buf: &[u8], ops: &mut Vec<Op>) -> io::Result<u64> {
+    let mut total = 0;
+    for op in ops.drain(..) {
+        let bytes: &[u8] = match &op {
+            Op::Fwd(r) => &buf[r.clone()],
+            Op::Bytes(b) => b,
+        };
+        w.write_all(bytes).await?;
+        total += bytes.len() as u64;
+    }
     Ok(total)
 }

@@ -46,6 +46,28 @@ pub struct ListenerConfig {
     /// `None`: inject nothing, the client authenticates itself.
     pub auth: Option<Credentials>,
     pub connect_timeout: Duration,
+    pub protocol: Protocol,
+    /// What the tunnel does with the client's own AUTH.
+    pub client_auth: ClientAuth,
+}
+
+/// `protocol = "resp" | "raw"`: RESP-aware session, or a plain byte pipe for non-Redis TLS
+/// services (e.g. Memcached).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    #[default]
+    Resp,
+    Raw,
+}
+
+/// `[client_auth] mode`: the client's AUTH is forwarded, answered by the tunnel, or demanded
+/// by the tunnel before anything is forwarded.
+#[derive(Debug, Clone, Default)]
+pub enum ClientAuth {
+    #[default]
+    Passthrough,
+    Absorb,
+    Require(Credentials),
 }
 
 /// What the tunnel sends as `AUTH [username] password`.
@@ -177,6 +199,9 @@ impl Config {
                 upstream: unspanned(args.upstream.clone()),
                 tls: None,
                 auth: None,
+                protocol: None,
+                client_auth: None,
+                allow_unauthenticated: None,
             })],
             ..RawConfig::default()
         };
@@ -204,8 +229,19 @@ struct RawConfig {
     shutdown_grace: Option<Spanned<HumanDuration<Duration>>>,
     tls: Option<RawTls>,
     auth: Option<Spanned<RawAuth>>,
+    client_auth: Option<Spanned<RawClientAuth>>,
     #[serde(default)]
     listener: Vec<Spanned<RawListener>>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawClientAuth {
+    mode: Spanned<String>,
+    username: Option<Spanned<String>>,
+    password_env: Option<Spanned<String>>,
+    password_file: Option<Spanned<PathBuf>>,
+    password: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -236,6 +272,9 @@ struct RawListener {
     upstream: Spanned<String>,
     tls: Option<RawTls>,
     auth: Option<Spanned<RawAuth>>,
+    protocol: Option<Spanned<String>>,
+    client_auth: Option<Spanned<RawClientAuth>>,
+    allow_unauthenticated: Option<bool>,
 }
 
 /// Where the raw config came from, to turn byte spans into `file:line`.
@@ -364,6 +403,10 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
         None => None,
     };
     let default_tls = raw.tls.clone().unwrap_or_default();
+    let default_client_auth = match &raw.client_auth {
+        Some(c) => client_auth(c, "client_auth", src)?,
+        None => ClientAuth::Passthrough,
+    };
 
     let mut listeners: Vec<ListenerConfig> = Vec::with_capacity(raw.listener.len());
     for spanned in &raw.listener {
@@ -430,6 +473,45 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
             Some(own) => Some(credentials(own, "listener.auth", src)?),
             None => default_auth.clone(),
         };
+        let protocol = match &l.protocol {
+            None => Protocol::Resp,
+            Some(p) => match p.get_ref().as_str() {
+                "resp" => Protocol::Resp,
+                "raw" => Protocol::Raw,
+                other => {
+                    return Err(src.invalid(
+                        &p.span(),
+                        "listener.protocol",
+                        format!("`{other}` is not a protocol; use \"resp\" or \"raw\""),
+                    ));
+                }
+            },
+        };
+        let client_auth = match &l.client_auth {
+            Some(c) => client_auth(c, "listener.client_auth", src)?,
+            None => default_client_auth.clone(),
+        };
+        if protocol == Protocol::Raw && !matches!(client_auth, ClientAuth::Passthrough) {
+            return Err(src.invalid(
+                &l.protocol.as_ref().map_or(spanned.span(), Spanned::span),
+                "listener.protocol",
+                "protocol = \"raw\" cannot see the client's AUTH; client_auth needs protocol = \"resp\"",
+            ));
+        }
+        if !listen.ip().is_loopback()
+            && !matches!(client_auth, ClientAuth::Require(_))
+            && l.allow_unauthenticated != Some(true)
+        {
+            return Err(src.invalid(
+                &l.listen.span(),
+                "listener.listen",
+                format!(
+                    "{listen} is not a loopback address: anyone who reaches it would get the upstream{}; \
+                     set [listener.client_auth] mode = \"require\", or allow_unauthenticated = true",
+                    if auth.is_some() { " with the injected credentials" } else { "" }
+                ),
+            ));
+        }
         listeners.push(ListenerConfig {
             name,
             listen,
@@ -439,6 +521,8 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
             insecure_skip_verify: insecure,
             auth,
             connect_timeout,
+            protocol,
+            client_auth,
         });
     }
     Ok(Config {
@@ -537,6 +621,46 @@ fn server_name_for(host: &str) -> Option<ServerName<'static>> {
         return Some(ServerName::IpAddress(ip.into()));
     }
     ServerName::try_from(host.to_owned()).ok()
+}
+
+/// `[client_auth]`: `require` carries its own password (what clients must send); the other
+/// modes take none.
+fn client_auth(
+    c: &Spanned<RawClientAuth>,
+    table: &str,
+    src: &Source<'_>,
+) -> Result<ClientAuth, ConfigError> {
+    let r = c.get_ref();
+    let has_secret = r.username.is_some()
+        || r.password_env.is_some()
+        || r.password_file.is_some()
+        || r.password.is_some();
+    match r.mode.get_ref().as_str() {
+        "passthrough" | "absorb" if has_secret => Err(src.invalid(
+            &c.span(),
+            table,
+            "only mode = \"require\" takes username/password settings",
+        )),
+        "passthrough" => Ok(ClientAuth::Passthrough),
+        "absorb" => Ok(ClientAuth::Absorb),
+        "require" => {
+            let auth = Spanned::new(
+                c.span(),
+                RawAuth {
+                    username: r.username.clone(),
+                    password_env: r.password_env.clone(),
+                    password_file: r.password_file.clone(),
+                    password: r.password.clone(),
+                },
+            );
+            Ok(ClientAuth::Require(credentials(&auth, table, src)?))
+        }
+        other => Err(src.invalid(
+            &r.mode.span(),
+            &format!("{table}.mode"),
+            format!("`{other}` is not a mode; use \"passthrough\", \"absorb\" or \"require\""),
+        )),
+    }
 }
 
 /// Resolves an `[auth]` section to the secret itself, now, so that a missing variable or an

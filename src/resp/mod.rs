@@ -1,6 +1,9 @@
-//! The little RESP the tunnel itself speaks: encoding its own commands and reading the one-line
-//! replies to them (AUTH, PING) during a dial, before any client byte flows.
+//! RESP: the streaming scanner ([`scan`]), command classification ([`command`]), the session
+//! engine ([`engine`]); and here, the little RESP the tunnel itself speaks while dialling:
+//! encoding its own commands and reading their one-line replies.
 
+pub mod command;
+pub mod engine;
 pub mod scan;
 
 use bytes::{Buf, BytesMut};

@@ -1,0 +1,214 @@
+//! What a request is: its command name classified, and, for the few commands the tunnel must
+//! understand in full (AUTH, HELLO), its arguments, decoded with `redis-protocol`.
+
+use bytes::BytesMut;
+use redis_protocol::resp2::types::OwnedFrame;
+
+/// The commands whose handling differs from "forward and expect one reply".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cmd {
+    Auth,
+    Hello,
+    Reset,
+    Quit,
+    Multi,
+    /// EXEC or DISCARD: the transaction ends either way.
+    EndMulti,
+    /// After these, replies no longer pair one-to-one with requests.
+    Monitor,
+    Subscribe,
+    Sync,
+    Client,
+    Other,
+}
+
+/// Classifies a command name, case-insensitively, without allocating.
+pub fn classify(name: &[u8]) -> Cmd {
+    let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
+    match name.len() {
+        4 if is("AUTH") => Cmd::Auth,
+        4 if is("QUIT") => Cmd::Quit,
+        4 if is("EXEC") => Cmd::EndMulti,
+        4 if is("SYNC") => Cmd::Sync,
+        5 if is("HELLO") => Cmd::Hello,
+        5 if is("RESET") => Cmd::Reset,
+        5 if is("MULTI") => Cmd::Multi,
+        5 if is("PSYNC") => Cmd::Sync,
+        6 if is("CLIENT") => Cmd::Client,
+        7 if is("DISCARD") => Cmd::EndMulti,
+        7 if is("MONITOR") => Cmd::Monitor,
+        9 | 10 | 11 | 12
+            if is("SUBSCRIBE")
+                || is("PSUBSCRIBE")
+                || is("SSUBSCRIBE")
+                || is("UNSUBSCRIBE")
+                || is("PUNSUBSCRIBE")
+                || is("SUNSUBSCRIBE") =>
+        {
+            Cmd::Subscribe
+        }
+        _ => Cmd::Other,
+    }
+}
+
+/// The arguments of a complete multibulk request, decoded by `redis-protocol`.
+pub fn multibulk_args(frame: &[u8]) -> Option<Vec<Vec<u8>>> {
+    match redis_protocol::resp2::decode::decode(frame).ok()?? {
+        (OwnedFrame::Array(items), n) if n == frame.len() => items
+            .into_iter()
+            .map(|f| match f {
+                OwnedFrame::BulkString(b) => Some(b),
+                _ => None,
+            })
+            .collect(),
+        _ => None,
+    }
+}
+
+/// The first word of an inline request line: the command name, borrowed.
+pub fn inline_name(line: &[u8]) -> Option<&[u8]> {
+    let start = line.iter().position(|b| !b.is_ascii_whitespace())?;
+    let rest = &line[start..];
+    let end = rest.iter().position(|b| b.is_ascii_whitespace()).unwrap_or(rest.len());
+    Some(&rest[..end])
+}
+
+/// Splits an inline request line into arguments the way Redis' `sdssplitargs` does (quotes
+/// and escapes included). `None` for unbalanced quotes, which Redis rejects too.
+pub fn inline_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let mut args = Vec::new();
+    let mut i = 0;
+    let n = line.len();
+    loop {
+        while i < n && line[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i >= n {
+            return Some(args);
+        }
+        let mut cur = Vec::new();
+        let mut quote: Option<u8> = None;
+        loop {
+            if i >= n {
+                if quote.is_some() {
+                    return None;
+                }
+                break;
+            }
+            let b = line[i];
+            match quote {
+                Some(b'"') if b == b'\\' && i + 1 < n => {
+                    i += 1;
+                    let e = line[i];
+                    let hex = |c: u8| (c as char).to_digit(16);
+                    if e == b'x' && i + 2 < n {
+                        if let (Some(h), Some(l)) = (hex(line[i + 1]), hex(line[i + 2])) {
+                            cur.push((h * 16 + l) as u8);
+                            i += 3;
+                            continue;
+                        }
+                    }
+                    cur.push(match e {
+                        b'n' => b'\n',
+                        b'r' => b'\r',
+                        b't' => b'\t',
+                        b'b' => 8,
+                        b'a' => 7,
+                        other => other,
+                    });
+                }
+                Some(b'\'') if b == b'\\' && i + 1 < n && line[i + 1] == b'\'' => {
+                    i += 1;
+                    cur.push(b'\'');
+                }
+                Some(q) if b == q => {
+                    // A closing quote must be followed by a space or the end.
+                    if i + 1 < n && !line[i + 1].is_ascii_whitespace() {
+                        return None;
+                    }
+                    i += 1;
+                    break;
+                }
+                Some(_) => cur.push(b),
+                None if b.is_ascii_whitespace() => break,
+                None if (b == b'"' || b == b'\'') => quote = Some(b),
+                None => cur.push(b),
+            }
+            i += 1;
+        }
+        args.push(cur);
+    }
+}
+
+/// `HELLO` arguments split into the part to keep and the `AUTH user pass` it carried.
+pub struct Hello {
+    /// The command with `AUTH user pass` removed, ready to send.
+    pub without_auth: BytesMut,
+    pub auth: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Parses `HELLO [protover [AUTH user pass] [SETNAME name]]`; `None` when malformed (the server
+/// will then answer it with its own error).
+pub fn parse_hello(args: &[Vec<u8>]) -> Option<Hello> {
+    let mut keep: Vec<&[u8]> = vec![&args[0]];
+    let mut auth = None;
+    let mut i = 1;
+    if let Some(ver) = args.get(1) {
+        keep.push(ver);
+        i = 2;
+    }
+    while i < args.len() {
+        let opt = &args[i];
+        if opt.eq_ignore_ascii_case(b"AUTH") && i + 2 < args.len() {
+            auth = Some((args[i + 1].clone(), args[i + 2].clone()));
+            i += 3;
+        } else if opt.eq_ignore_ascii_case(b"SETNAME") && i + 1 < args.len() {
+            keep.push(opt);
+            keep.push(&args[i + 1]);
+            i += 2;
+        } else {
+            return None;
+        }
+    }
+    let mut without_auth = BytesMut::new();
+    super::encode_command(&mut without_auth, &keep);
+    Some(Hello { without_auth, auth })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_any_case() {
+        assert_eq!(classify(b"reset"), Cmd::Reset);
+        assert_eq!(classify(b"Auth"), Cmd::Auth);
+        assert_eq!(classify(b"SSUBSCRIBE"), Cmd::Subscribe);
+        assert_eq!(classify(b"punsubscribe"), Cmd::Subscribe);
+        assert_eq!(classify(b"GET"), Cmd::Other);
+        assert_eq!(classify(b""), Cmd::Other);
+    }
+
+    #[test]
+    fn inline_splitting_matches_sdssplitargs() {
+        let a = inline_args(b"set \"a b\" 'c\\'d' \"\\x41\\n\"\r").unwrap();
+        assert_eq!(a, vec![b"set".to_vec(), b"a b".to_vec(), b"c'd".to_vec(), b"A\n".to_vec()]);
+        assert!(inline_args(b"get \"unbalanced").is_none());
+        assert_eq!(inline_args(b"   \r").unwrap(), Vec::<Vec<u8>>::new());
+        assert_eq!(inline_name(b"  PING now\r"), Some(&b"PING"[..]));
+    }
+
+    #[test]
+    fn hello_loses_only_its_auth() {
+        let args: Vec<Vec<u8>> = ["HELLO", "3", "AUTH", "u", "p", "SETNAME", "n"]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect();
+        let h = parse_hello(&args).unwrap();
+        assert_eq!(h.auth, Some((b"u".to_vec(), b"p".to_vec())));
+        assert_eq!(&h.without_auth[..], b"*4\r\n$5\r\nHELLO\r\n$1\r\n3\r\n$7\r\nSETNAME\r\n$1\r\nn\r\n");
+        assert!(parse_hello(&[b"HELLO".to_vec(), b"3".to_vec(), b"BOGUS".to_vec()]).is_none());
+        let frame = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n";
+        assert_eq!(multibulk_args(frame).unwrap(), vec![b"HELLO".to_vec(), b"3".to_vec()]);
+    }
+}
