@@ -64,7 +64,10 @@ struct End {
 /// Sends the one `-ERR ectunnel: …` line, then closes with [`linger`].
 async fn refuse(mut client: TcpStream, e: &DialError) {
     let line = format!("-ERR ectunnel: {e}\r\n");
-    if timeout(LINGER, client.write_all(line.as_bytes())).await.is_ok() {
+    if timeout(LINGER, client.write_all(line.as_bytes()))
+        .await
+        .is_ok()
+    {
         linger(client).await;
     }
 }
@@ -229,7 +232,11 @@ fn lock(fifo: &Mutex<Fifo>) -> MutexGuard<'_, Fifo> {
 }
 
 /// Writes the engine's output in order: ranges of `buf`, or bytes the tunnel made.
-async fn write_ops<W: AsyncWrite + Unpin>(w: &mut W, buf: &[u8], ops: &mut Vec<Op>) -> io::Result<u64> {
+async fn write_ops<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    buf: &[u8],
+    ops: &mut Vec<Op>,
+) -> io::Result<u64> {
     let mut total = 0;
     for op in ops.drain(..) {
         let bytes: &[u8] = match &op {

@@ -69,7 +69,10 @@ pub fn multibulk_args(frame: &[u8]) -> Option<Vec<Vec<u8>>> {
 pub fn inline_name(line: &[u8]) -> Option<&[u8]> {
     let start = line.iter().position(|b| !b.is_ascii_whitespace())?;
     let rest = &line[start..];
-    let end = rest.iter().position(|b| b.is_ascii_whitespace()).unwrap_or(rest.len());
+    let end = rest
+        .iter()
+        .position(|b| b.is_ascii_whitespace())
+        .unwrap_or(rest.len());
     Some(&rest[..end])
 }
 
@@ -192,7 +195,15 @@ mod tests {
     #[test]
     fn inline_splitting_matches_sdssplitargs() {
         let a = inline_args(b"set \"a b\" 'c\\'d' \"\\x41\\n\"\r").unwrap();
-        assert_eq!(a, vec![b"set".to_vec(), b"a b".to_vec(), b"c'd".to_vec(), b"A\n".to_vec()]);
+        assert_eq!(
+            a,
+            vec![
+                b"set".to_vec(),
+                b"a b".to_vec(),
+                b"c'd".to_vec(),
+                b"A\n".to_vec()
+            ]
+        );
         assert!(inline_args(b"get \"unbalanced").is_none());
         assert_eq!(inline_args(b"   \r").unwrap(), Vec::<Vec<u8>>::new());
         assert_eq!(inline_name(b"  PING now\r"), Some(&b"PING"[..]));
@@ -206,9 +217,15 @@ mod tests {
             .collect();
         let h = parse_hello(&args).unwrap();
         assert_eq!(h.auth, Some((b"u".to_vec(), b"p".to_vec())));
-        assert_eq!(&h.without_auth[..], b"*4\r\n$5\r\nHELLO\r\n$1\r\n3\r\n$7\r\nSETNAME\r\n$1\r\nn\r\n");
+        assert_eq!(
+            &h.without_auth[..],
+            b"*4\r\n$5\r\nHELLO\r\n$1\r\n3\r\n$7\r\nSETNAME\r\n$1\r\nn\r\n"
+        );
         assert!(parse_hello(&[b"HELLO".to_vec(), b"3".to_vec(), b"BOGUS".to_vec()]).is_none());
         let frame = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n";
-        assert_eq!(multibulk_args(frame).unwrap(), vec![b"HELLO".to_vec(), b"3".to_vec()]);
+        assert_eq!(
+            multibulk_args(frame).unwrap(),
+            vec![b"HELLO".to_vec(), b"3".to_vec()]
+        );
     }
 }

@@ -192,12 +192,11 @@ impl Requests {
                 Err(e) => return self.protocol_error(&e, frame_start, entries),
             };
             if self.streaming {
+                // Decided already: what arrives is forwarded and done with.
                 forward(ops, i..i + n);
                 i += n;
-                if done {
-                    self.streaming = false;
-                    frame_start = i;
-                }
+                frame_start = i;
+                self.streaming = !done;
                 continue;
             }
             i += n;
@@ -235,11 +234,17 @@ impl Requests {
     }
 
     /// A frame longer than [`HOLD_LIMIT`]: decide on its name alone and let it stream.
-    fn decide_long(&mut self, buf: &[u8], start: usize, entries: &mut Vec<Entry>) -> Result<(), ScanError> {
+    fn decide_long(
+        &mut self,
+        buf: &[u8],
+        start: usize,
+        entries: &mut Vec<Entry>,
+    ) -> Result<(), ScanError> {
         let info = *self.scan.info();
         let name = if info.kind == b'*' && info.args_known > 0 {
             let (off, len) = info.args[0];
-            buf.get(start + off as usize..).and_then(|b| b.get(..len as usize))
+            buf.get(start + off as usize..)
+                .and_then(|b| b.get(..len as usize))
         } else {
             None
         };
@@ -247,7 +252,9 @@ impl Requests {
         let needs_auth = matches!(self.policy, ClientAuth::Require(_)) && !self.authed;
         match cmd {
             // These are inspected whole; one this long is not a real AUTH or HELLO.
-            Cmd::Auth | Cmd::Hello if !matches!(self.policy, ClientAuth::Passthrough) => Err(ScanError::InlineTooBig),
+            Cmd::Auth | Cmd::Hello if !matches!(self.policy, ClientAuth::Passthrough) => {
+                Err(ScanError::InlineTooBig)
+            }
             _ if needs_auth && cmd != Cmd::Quit => Err(ScanError::InlineTooBig),
             Cmd::Other => {
                 entries.push(Entry::Client(1));
@@ -263,7 +270,13 @@ impl Requests {
     }
 
     /// A whole request frame `buf[r]` is in hand: decide what to do with it.
-    fn complete(&mut self, buf: &[u8], r: Range<usize>, ops: &mut Vec<Op>, entries: &mut Vec<Entry>) {
+    fn complete(
+        &mut self,
+        buf: &[u8],
+        r: Range<usize>,
+        ops: &mut Vec<Op>,
+        entries: &mut Vec<Entry>,
+    ) {
         let frame = &buf[r.clone()];
         let info = *self.scan.info();
         let inline = info.kind != b'*';
@@ -294,10 +307,15 @@ impl Requests {
                 command::multibulk_args(frame)
             }
         };
-        let synth = |entries: &mut Vec<Entry>, b: &'static [u8]| entries.push(Entry::Synthetic(Bytes::from_static(b)));
+        let synth = |entries: &mut Vec<Entry>, b: &'static [u8]| {
+            entries.push(Entry::Synthetic(Bytes::from_static(b)))
+        };
 
         let require = matches!(self.policy, ClientAuth::Require(_));
-        if require && !self.authed && !matches!(cmd, Cmd::Auth | Cmd::Hello | Cmd::Quit | Cmd::Reset) {
+        if require
+            && !self.authed
+            && !matches!(cmd, Cmd::Auth | Cmd::Hello | Cmd::Quit | Cmd::Reset)
+        {
             return synth(entries, NOAUTH);
         }
         match cmd {
@@ -542,7 +560,8 @@ impl Replies {
                         Owner::Swallow => {
                             fifo.pop_reply();
                             if self.capture.first() == Some(&b'-') {
-                                let line = self.capture.split(|b| *b == b'\r').next().unwrap_or(&[]);
+                                let line =
+                                    self.capture.split(|b| *b == b'\r').next().unwrap_or(&[]);
                                 progress
                                     .injected_errors
                                     .push(super::printable(&String::from_utf8_lossy(&line[1..])));

@@ -4,6 +4,7 @@
 
 pub mod command;
 pub mod engine;
+pub mod memory;
 pub mod scan;
 
 use bytes::{Buf, BytesMut};
