@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, ListenerConfig};
+use crate::config::{ClientAuth, Config, ListenerConfig};
 use crate::session;
 
 /// A listener that could not be bound; the process exits 1 with this message.
@@ -117,14 +117,13 @@ fn risks(l: &ListenerConfig, local: SocketAddr) -> Vec<String> {
         out.push("insecure_skip_verify = true: the upstream certificate is NOT verified; anyone on the path can impersonate the server and read the traffic and AUTH token".to_owned());
     }
     if !local.ip().is_loopback() {
-        out.push(format!(
-            "listening on a non-loopback address: whoever can reach it gets a session{}",
-            if l.auth.is_some() {
-                " authenticated with the injected credentials"
-            } else {
-                ""
+        out.push(match (&l.client_auth, l.auth.is_some()) {
+            (ClientAuth::Require(_), _) => {
+                "listening on a non-loopback address: clients must AUTH with the client_auth password".to_owned()
             }
-        ));
+            (_, true) => "listening on a non-loopback address with allow_unauthenticated: whoever can reach it gets a session authenticated with the injected credentials".to_owned(),
+            (_, false) => "listening on a non-loopback address with allow_unauthenticated: whoever can reach it gets a session to the upstream".to_owned(),
+        });
     }
     out
 }
@@ -175,8 +174,13 @@ mod tests {
     use super::*;
 
     fn listener(toml_extra: &str, listen: &str) -> ListenerConfig {
+        let opt_out = if listen.starts_with("0.0.0.0") && !toml_extra.contains("require") {
+            "allow_unauthenticated = true\n"
+        } else {
+            ""
+        };
         let text = format!(
-            "{toml_extra}\n[[listener]]\nlisten = \"{listen}\"\nupstream = \"localhost:6379\"\n"
+            "{toml_extra}\n[[listener]]\nlisten = \"{listen}\"\nupstream = \"localhost:6379\"\n{opt_out}"
         );
         Config::from_toml(&text, "t.toml")
             .unwrap()
@@ -197,6 +201,12 @@ mod tests {
         let r = risks(&loud, loud.listen);
         assert_eq!(r.len(), 2, "{r:?}");
         assert!(r[0].contains("NOT verified"));
-        assert!(r[1].contains("non-loopback") && r[1].contains("authenticated"));
+        assert!(r[1].contains("non-loopback") && r[1].contains("client_auth password"));
+        let open = listener(
+            "[auth]\npassword = \"t-0000000000000000\"",
+            "0.0.0.0:6379\"\nallow_unauthenticated = true\n#\"",
+        );
+        let r = risks(&open, open.listen);
+        assert!(r[0].contains("injected credentials"), "{r:?}");
     }
 }

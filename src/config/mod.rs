@@ -883,6 +883,67 @@ mod tests {
     }
 
     #[test]
+    fn client_auth_modes_and_protocols() {
+        let c = Config::from_toml(
+            &format!("[client_auth]\nmode = \"absorb\"\n{MIN}protocol = \"resp\"\n"),
+            "t.toml",
+        )
+        .unwrap();
+        assert!(matches!(c.listeners[0].client_auth, ClientAuth::Absorb));
+        assert_eq!(c.listeners[0].protocol, Protocol::Resp);
+        let c = Config::from_toml(
+            &format!("{MIN}[listener.client_auth]\nmode = \"require\"\nusername = \"u\"\npassword = \"client-pass\"\n"),
+            "t.toml",
+        )
+        .unwrap();
+        match &c.listeners[0].client_auth {
+            ClientAuth::Require(cr) => assert_eq!(
+                (cr.username.as_deref(), cr.password.expose()),
+                (Some("u"), "client-pass")
+            ),
+            other => panic!("{other:?}"),
+        }
+        let e = err(&format!(
+            "{MIN}[listener.client_auth]\nmode = \"require\"\n"
+        ));
+        assert!(
+            e.starts_with("t.toml:4: listener.client_auth: set exactly one of"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "[client_auth]\nmode = \"absorb\"\npassword = \"x\"\n{MIN}"
+        ));
+        assert!(e.contains("only mode = \"require\" takes"), "{e}");
+        let e = err(&format!("[client_auth]\nmode = \"trust\"\n{MIN}"));
+        assert!(
+            e.starts_with("t.toml:2: client_auth.mode: `trust` is not a mode"),
+            "{e}"
+        );
+        let e = err(&format!("{MIN}protocol = \"memcache\"\n"));
+        assert!(e.starts_with("t.toml:4: listener.protocol: "), "{e}");
+        let e = err(&format!(
+            "[client_auth]\nmode = \"absorb\"\n{MIN}protocol = \"raw\"\n"
+        ));
+        assert!(e.contains("client_auth needs protocol = \"resp\""), "{e}");
+    }
+
+    #[test]
+    fn a_non_loopback_listener_needs_require_or_an_explicit_opt_out() {
+        let open = "[[listener]]\nlisten = \"0.0.0.0:6379\"\nupstream = \"h:1\"\n";
+        let e = err(open);
+        assert!(
+            e.starts_with("t.toml:2: listener.listen: 0.0.0.0:6379 is not a loopback address"),
+            "{e}"
+        );
+        assert!(
+            Config::from_toml(&format!("{open}allow_unauthenticated = true\n"), "t.toml").is_ok()
+        );
+        let guarded =
+            format!("{open}[listener.client_auth]\nmode = \"require\"\npassword = \"p-0000\"\n");
+        assert!(Config::from_toml(&guarded, "t.toml").is_ok());
+    }
+
+    #[test]
     fn upstream_forms() {
         let p = |s: &str| s.parse::<UpstreamAddr>();
         assert_eq!(p("[::1]:6379").unwrap().to_string(), "[::1]:6379");

@@ -37,7 +37,7 @@ pub fn classify(name: &[u8]) -> Cmd {
         6 if is("CLIENT") => Cmd::Client,
         7 if is("DISCARD") => Cmd::EndMulti,
         7 if is("MONITOR") => Cmd::Monitor,
-        9 | 10 | 11 | 12
+        9..=12
             if is("SUBSCRIBE")
                 || is("PSUBSCRIBE")
                 || is("SSUBSCRIBE")
@@ -104,12 +104,13 @@ pub fn inline_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
                     i += 1;
                     let e = line[i];
                     let hex = |c: u8| (c as char).to_digit(16);
-                    if e == b'x' && i + 2 < n {
-                        if let (Some(h), Some(l)) = (hex(line[i + 1]), hex(line[i + 2])) {
-                            cur.push((h * 16 + l) as u8);
-                            i += 3;
-                            continue;
-                        }
+                    if e == b'x'
+                        && i + 2 < n
+                        && let (Some(h), Some(l)) = (hex(line[i + 1]), hex(line[i + 2]))
+                    {
+                        cur.push((h * 16 + l) as u8);
+                        i += 3;
+                        continue;
                     }
                     cur.push(match e {
                         b'n' => b'\n',

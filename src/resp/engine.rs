@@ -44,11 +44,11 @@ fn forward(ops: &mut Vec<Op>, r: Range<usize>) {
     if r.is_empty() {
         return;
     }
-    if let Some(Op::Fwd(last)) = ops.last_mut() {
-        if last.end == r.start {
-            last.end = r.end;
-            return;
-        }
+    if let Some(Op::Fwd(last)) = ops.last_mut()
+        && last.end == r.start
+    {
+        last.end = r.end;
+        return;
     }
     ops.push(Op::Fwd(r));
 }
@@ -205,6 +205,15 @@ impl Requests {
                 frame_start = i;
                 continue;
             }
+            // An ordinary command streams as soon as its name is known: a large value is not
+            // held back, and the server sees (and may refuse) it as early as it would directly.
+            if self.ordinary_command(buf, frame_start, i) {
+                entries.push(Entry::Client(1));
+                forward(ops, frame_start..i);
+                self.streaming = true;
+                frame_start = i;
+                continue;
+            }
             if i - frame_start > HOLD_LIMIT {
                 if let Err(e) = self.decide_long(buf, frame_start, entries) {
                     return self.protocol_error(&e, frame_start, entries);
@@ -231,6 +240,21 @@ impl Requests {
             consumed: at,
             stop: true,
         }
+    }
+
+    /// Whether the incomplete frame `buf[start..end]` is known to be a command that needs no
+    /// inspection (so far only its name has to be in hand).
+    fn ordinary_command(&self, buf: &[u8], start: usize, end: usize) -> bool {
+        let info = self.scan.info();
+        if info.kind != b'*' || info.args_known == 0 {
+            return false;
+        }
+        if matches!(self.policy, ClientAuth::Require(_)) && !self.authed {
+            return false;
+        }
+        let (off, len) = info.args[0];
+        let name_end = start + (off + len) as usize;
+        name_end <= end && command::classify(&buf[start + off as usize..name_end]) == Cmd::Other
     }
 
     /// A frame longer than [`HOLD_LIMIT`]: decide on its name alone and let it stream.

@@ -214,33 +214,47 @@ pub async fn roundtrip(s: &mut TcpStream, cmd: &[u8]) -> String {
     read_reply(s).await
 }
 
-/// Reads exactly one RESP reply (whatever its type) and returns its raw bytes as text.
+/// Reads exactly one RESP2/RESP3 reply and returns its raw bytes as text. Reads no further than
+/// the reply's last byte, so pipelined replies can be read one by one.
 pub async fn read_reply(s: &mut TcpStream) -> String {
-    let mut buf = Vec::new();
+    let mut out = Vec::new();
     tokio::time::timeout(WAIT, async {
-        loop {
-            if let Some(n) = frame_len(&buf) {
-                assert_eq!(
-                    n,
-                    buf.len(),
-                    "more than one reply arrived: {:?}",
-                    String::from_utf8_lossy(&buf)
-                );
-                return;
+        let mut pending = 1u64;
+        while pending > 0 {
+            let start = out.len();
+            loop {
+                let b = s
+                    .read_u8()
+                    .await
+                    .expect("connection closed before a full reply");
+                out.push(b);
+                if b == b'\n' {
+                    break;
+                }
             }
-            let mut chunk = [0u8; 4096];
-            let n = s.read(&mut chunk).await.expect("read reply");
-            assert!(
-                n > 0,
-                "connection closed before a full reply; got {:?}",
-                String::from_utf8_lossy(&buf)
-            );
-            buf.extend_from_slice(&chunk[..n]);
+            pending -= 1;
+            let line = &out[start..out.len() - 2];
+            let n: i64 = std::str::from_utf8(&line[1..])
+                .ok()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0);
+            match line[0] {
+                b'$' | b'!' | b'=' if n >= 0 => {
+                    let mut payload = vec![0u8; n as usize + 2];
+                    s.read_exact(&mut payload).await.unwrap();
+                    out.extend_from_slice(&payload);
+                }
+                b'*' | b'~' | b'>' if n > 0 => pending += n as u64,
+                b'%' if n > 0 => pending += 2 * n as u64,
+                // An attribute is followed by the value it annotates.
+                b'|' => pending += 2 * n.max(0) as u64 + 1,
+                _ => {}
+            }
         }
     })
     .await
-    .expect("reply timed out");
-    String::from_utf8_lossy(&buf).into_owned()
+    .unwrap_or_else(|_| panic!("reply timed out; got {:?}", String::from_utf8_lossy(&out)));
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Reads until the peer closes; returns everything read, or the read error.
@@ -250,33 +264,6 @@ pub async fn read_to_close(s: &mut TcpStream) -> std::io::Result<String> {
         .await
         .expect("close timed out")?;
     Ok(String::from_utf8_lossy(&buf).into_owned())
-}
-
-/// Length of the first complete RESP2 frame in `b`, if complete.
-pub fn frame_len(b: &[u8]) -> Option<usize> {
-    let line_end = b.windows(2).position(|w| w == b"\r\n")?;
-    let head = std::str::from_utf8(&b[1..line_end]).ok()?;
-    let after = line_end + 2;
-    match b.first()? {
-        b'+' | b'-' | b':' => Some(after),
-        b'$' => {
-            let n: i64 = head.parse().ok()?;
-            if n < 0 {
-                return Some(after);
-            }
-            let end = after + n as usize + 2;
-            (b.len() >= end).then_some(end)
-        }
-        b'*' => {
-            let n: i64 = head.parse().ok()?;
-            let mut at = after;
-            for _ in 0..n.max(0) {
-                at += frame_len(&b[at..])?;
-            }
-            Some(at)
-        }
-        _ => panic!("not RESP: {:?}", String::from_utf8_lossy(b)),
-    }
 }
 
 /// `*N\r\n$len\r\narg\r\n…` for the given words.
