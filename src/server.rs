@@ -202,10 +202,7 @@ mod tests {
         assert_eq!(r.len(), 2, "{r:?}");
         assert!(r[0].contains("NOT verified"));
         assert!(r[1].contains("non-loopback") && r[1].contains("client_auth password"));
-        let open = listener(
-            "[auth]\npassword = \"t-0000000000000000\"",
-            "0.0.0.0:6379\"\nallow_unauthenticated = true\n#\"",
-        );
+        let open = listener("[auth]\npassword = \"t-0000000000000000\"", "0.0.0.0:6379");
         let r = risks(&open, open.listen);
         assert!(r[0].contains("injected credentials"), "{r:?}");
     }
