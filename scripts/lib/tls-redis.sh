@@ -1,0 +1,83 @@
+# A TLS-only redis-server stand-in for ElastiCache, and ectunnel processes in front of it.
+# Sourced by scripts/demo and the benchmark scripts. Callers set `work` (a temp dir) and keep
+# the `pids` array, killing them on exit.
+
+# make_certs: a CA and a certificate for "localhost" in $work.
+make_certs() {
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=ectunnel demo CA" \
+        -keyout "$work/ca.key" -out "$work/ca.pem" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+        -keyout "$work/server.key" -out "$work/server.csr" 2>/dev/null
+    printf 'subjectAltName=DNS:localhost\n' > "$work/san.ext"
+    openssl x509 -req -in "$work/server.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" \
+        -CAcreateserial -days 2 -extfile "$work/san.ext" -out "$work/server.pem" 2>/dev/null
+}
+
+# start_tls_redis TOKEN: TLS-only redis-server on a free loopback port; sets redis_port.
+start_tls_redis() {
+    local token=$1 log="$work/redis.log"
+    for _ in 1 2 3 4 5; do
+        redis_port=$(( 20000 + RANDOM % 40000 ))
+        : > "$log"
+        redis-server --port 0 --bind 127.0.0.1 --tls-port "$redis_port" \
+            --tls-cert-file "$work/server.pem" --tls-key-file "$work/server.key" \
+            --tls-ca-cert-file "$work/ca.pem" --tls-auth-clients no \
+            --requirepass "$token" --save "" --appendonly no --dir "$work" \
+            --logfile "$log" --daemonize no &
+        local pid=$!
+        for _ in $(seq 100); do
+            grep -q "Ready to accept" "$log" && { pids+=("$pid"); return 0; }
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.05
+        done
+        kill "$pid" 2>/dev/null || true
+    done
+    echo "redis-server did not start; its log:" >&2
+    cat "$log" >&2
+    return 1
+}
+
+# start_tunnel NAME CONFIG_FILE [ARGS...]: runs ectunnel ($bin) in the background; sets
+# tunnel_pid and tunnel_port (read from its "listening" log line).
+start_tunnel() {
+    local name=$1 config=$2
+    shift 2
+    local log="$work/$name.log"
+    : > "$log"
+    "$bin" -c "$config" "$@" 2>"$log" &
+    tunnel_pid=$!
+    pids+=("$tunnel_pid")
+    tunnel_port=""
+    for _ in $(seq 200); do
+        tunnel_port=$(sed -n 's/.*listening.*listen=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -1)
+        [ -n "$tunnel_port" ] && return 0
+        kill -0 "$tunnel_pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    echo "ectunnel ($name) did not start; its log:" >&2
+    cat "$log" >&2
+    return 1
+}
+
+# tunnel_config FILE [LISTENER_LINES]: one listener on a free port in front of the stand-in,
+# trusting the demo CA and injecting $REDIS_AUTH.
+tunnel_config() {
+    cat > "$1" <<TOML
+[tls]
+ca_file = "$work/ca.pem"        # the demo CA; against ElastiCache, omit it (Mozilla roots)
+
+[auth]
+password_env = "REDIS_AUTH"     # injected; the client sends no password
+
+[[listener]]
+name = "primary"
+listen = "127.0.0.1:0"           # 0: any free port; on a bastion: 127.0.0.1:6379
+upstream = "localhost:$redis_port"
+${2:-}
+TOML
+}
+
+# cpu_ticks PID: user+system CPU time of a process (all threads) in clock ticks.
+cpu_ticks() {
+    awk '{ print $14 + $15 }' "/proc/$1/stat"
+}
