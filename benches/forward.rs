@@ -39,7 +39,9 @@ fn gets(n: usize) -> Vec<u8> {
 }
 
 fn inline(n: usize) -> Vec<u8> {
-    (0..n).flat_map(|i| format!("GET key:{i:06}\r\n").into_bytes()).collect()
+    (0..n)
+        .flat_map(|i| format!("GET key:{i:06}\r\n").into_bytes())
+        .collect()
 }
 
 /// RESP3 replies of the kinds a busy client sees, pushes included.
@@ -52,7 +54,9 @@ fn resp3_replies(n: usize) -> Vec<u8> {
         b"*3\r\n$1\r\na\r\n_\r\n,3.25\r\n",
         b">2\r\n$10\r\ninvalidate\r\n*1\r\n$6\r\nkey:01\r\n",
     ];
-    (0..n).flat_map(|i| kinds[i % kinds.len()].to_vec()).collect()
+    (0..n)
+        .flat_map(|i| kinds[i % kinds.len()].to_vec())
+        .collect()
 }
 
 fn bulk_replies(n: usize, len: usize) -> Vec<u8> {
@@ -82,10 +86,20 @@ fn scanner(c: &mut Criterion) {
         ("requests/set_64B", Dir::Request, sets(4096, 64), 4096),
         ("requests/get", Dir::Request, gets(4096), 4096),
         ("requests/inline_get", Dir::Request, inline(4096), 4096),
-        ("requests/set_16KiB", Dir::Request, sets(256, 16 * 1024), 256),
+        (
+            "requests/set_16KiB",
+            Dir::Request,
+            sets(256, 16 * 1024),
+            256,
+        ),
         ("requests/set_1MiB", Dir::Request, sets(8, 1 << 20), 8),
         ("replies/resp3_mix", Dir::Reply, resp3_replies(4096), 4096),
-        ("replies/bulk_16KiB", Dir::Reply, bulk_replies(256, 16 * 1024), 256),
+        (
+            "replies/bulk_16KiB",
+            Dir::Reply,
+            bulk_replies(256, 16 * 1024),
+            256,
+        ),
     ];
     let mut g = c.benchmark_group("scan");
     for (name, dir, data, frames) in &inputs {
@@ -100,7 +114,12 @@ fn scanner(c: &mut Criterion) {
 }
 
 /// Client → tunnel → server and the replies back, through the whole engine.
-fn engine_roundtrip(requests: &[u8], replies: &[u8], up: &mut Vec<u8>, down: &mut Vec<u8>) -> usize {
+fn engine_roundtrip(
+    requests: &[u8],
+    replies: &[u8],
+    up: &mut Vec<u8>,
+    down: &mut Vec<u8>,
+) -> usize {
     let mut s = MemSession::new(
         ClientAuth::Passthrough,
         Some(Credentials {
@@ -145,7 +164,11 @@ fn session(c: &mut Criterion) {
     let (mut up, mut down) = (Vec::with_capacity(8 << 20), Vec::with_capacity(8 << 20));
     for (name, req, rep, n) in &cases {
         let total = engine_roundtrip(req, rep, &mut up, &mut down);
-        assert_eq!((up.as_slice(), down.as_slice()), (req.as_slice(), rep.as_slice()), "{name}");
+        assert_eq!(
+            (up.as_slice(), down.as_slice()),
+            (req.as_slice(), rep.as_slice()),
+            "{name}"
+        );
         g.throughput(Throughput::ElementsAndBytes {
             elements: *n as u64,
             bytes: total as u64,
