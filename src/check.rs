@@ -17,11 +17,11 @@ pub async fn check(config: &Config, connect: bool) -> bool {
     if !connect {
         for l in &config.listeners {
             println!(
-                "  {}  listen={} upstream={} server_name={} auth={}",
+                "  {}  listen={} upstream={} role={} auth={}",
                 l.name,
                 l.listen,
-                l.upstream,
-                l.server_name.to_str(),
+                l.upstream_list(),
+                l.role,
                 auth_summary(l)
             );
         }
@@ -77,10 +77,13 @@ fn probe(
         let Dialed {
             mut stream,
             peer,
+            candidate,
             mut leftover,
+            role,
+            ..
         } = upstream::dial(&l).await?;
         let conn = &stream.get_ref().1;
-        let mut line = format!("upstream={} addr={peer}", l.upstream);
+        let mut line = format!("upstream={} addr={peer}", l.upstreams[candidate].addr);
         if let Some(v) = conn.protocol_version() {
             let _ = write!(line, " tls={}", v.as_str().unwrap_or("?").replace('_', "."));
         }
@@ -92,9 +95,12 @@ fn probe(
         }
         let auth = if l.auth.is_some() { "ok" } else { "none" };
         let _ = write!(line, " auth={auth}");
+        if let Some(r) = role {
+            let _ = write!(line, " role={r}");
+        }
         let fail = |reason: String| DialError {
             stage: upstream::Stage::Ping,
-            upstream: l.upstream.to_string(),
+            upstream: l.upstreams[candidate].addr.to_string(),
             reason,
         };
         let mut cmd = BytesMut::new();

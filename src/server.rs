@@ -43,7 +43,7 @@ impl Server {
                 })?;
             let local = socket.local_addr().unwrap_or(l.listen);
             warn_if_risky(&l, local);
-            tracing::info!(listener = %l.name, listen = %local, upstream = %l.upstream,
+            tracing::info!(listener = %l.name, listen = %local, upstream = %l.upstream_list(),
                 auth = l.auth.is_some(), "listening");
             listeners.push((Arc::new(l), socket));
         }
@@ -106,7 +106,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
 fn warn_if_risky(l: &ListenerConfig, local: SocketAddr) {
     for risk in risks(l, local) {
-        tracing::warn!(listener = %l.name, listen = %local, upstream = %l.upstream, "{risk}");
+        tracing::warn!(listener = %l.name, listen = %local, upstream = %l.upstream_list(), "{risk}");
     }
 }
 

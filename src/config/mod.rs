@@ -38,9 +38,11 @@ pub struct Config {
 pub struct ListenerConfig {
     pub name: String,
     pub listen: SocketAddr,
-    pub upstream: UpstreamAddr,
-    /// Name sent as SNI and verified against the certificate.
-    pub server_name: ServerName<'static>,
+    /// Candidate endpoints, tried in order.
+    pub upstreams: Vec<Upstream>,
+    /// Which node may serve: `role` checks each new session with `ROLE`.
+    pub role: Role,
+    pub pool: PoolConfig,
     pub tls: Arc<ClientConfig>,
     pub insecure_skip_verify: bool,
     /// `None`: inject nothing, the client authenticates itself.
@@ -49,6 +51,78 @@ pub struct ListenerConfig {
     pub protocol: Protocol,
     /// What the tunnel does with the client's own AUTH.
     pub client_auth: ClientAuth,
+}
+
+impl ListenerConfig {
+    /// The candidates as the config wrote them, for logs and error replies.
+    pub fn upstream_list(&self) -> String {
+        let names: Vec<String> = self.upstreams.iter().map(|u| u.addr.to_string()).collect();
+        names.join(",")
+    }
+}
+
+/// One candidate endpoint and the name its certificate must carry.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub addr: UpstreamAddr,
+    /// Sent as SNI and verified against the certificate.
+    pub server_name: ServerName<'static>,
+}
+
+/// `role`: which kind of node a session may be made to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    #[default]
+    Any,
+    Primary,
+    Replica,
+}
+
+impl Role {
+    /// Whether the first word of a `ROLE` reply (`master` / `slave`) is acceptable.
+    pub fn matches(self, reported: &str) -> bool {
+        match self {
+            Role::Any => true,
+            Role::Primary => reported == "master",
+            Role::Replica => reported == "slave",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Any => "any",
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+        })
+    }
+}
+
+/// `[pool]` / `[listener.pool]`: authenticated upstream sessions kept ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Sessions kept dialled and authenticated while no client needs them.
+    pub min_idle: usize,
+    pub max_idle: usize,
+    /// Return a session to the pool (after RESET + AUTH) when its client leaves cleanly.
+    pub reuse: bool,
+    /// An idle session older than this is replaced; an active one is never cut.
+    pub max_lifetime: Duration,
+    /// Idle sessions are PINGed this often; a dead one is replaced.
+    pub health_interval: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            min_idle: 2,
+            max_idle: 64,
+            reuse: true,
+            max_lifetime: Duration::from_secs(3600),
+            health_interval: Duration::from_secs(15),
+        }
+    }
 }
 
 /// `protocol = "resp" | "raw"`: RESP-aware session, or a plain byte pipe for non-Redis TLS
@@ -196,7 +270,9 @@ impl Config {
             listener: vec![unspanned(RawListener {
                 name: None,
                 listen: unspanned(args.listen.clone()),
-                upstream: unspanned(args.upstream.clone()),
+                upstream: unspanned(RawUpstreams::One(args.upstream.clone())),
+                role: None,
+                pool: None,
                 tls: None,
                 auth: None,
                 protocol: None,
@@ -230,8 +306,27 @@ struct RawConfig {
     tls: Option<RawTls>,
     auth: Option<Spanned<RawAuth>>,
     client_auth: Option<Spanned<RawClientAuth>>,
+    pool: Option<RawPool>,
     #[serde(default)]
     listener: Vec<Spanned<RawListener>>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    min_idle: Option<Spanned<usize>>,
+    max_idle: Option<Spanned<usize>>,
+    reuse: Option<bool>,
+    max_lifetime: Option<Spanned<HumanDuration<Duration>>>,
+    health_interval: Option<Spanned<HumanDuration<Duration>>>,
+}
+
+/// `upstream = "host:port"` or `upstream = ["host:port", …]`.
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum RawUpstreams {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Deserialize, Clone)]
@@ -269,7 +364,9 @@ struct RawAuth {
 struct RawListener {
     name: Option<Spanned<String>>,
     listen: Spanned<String>,
-    upstream: Spanned<String>,
+    upstream: Spanned<RawUpstreams>,
+    role: Option<Spanned<String>>,
+    pool: Option<RawPool>,
     tls: Option<RawTls>,
     auth: Option<Spanned<RawAuth>>,
     protocol: Option<Spanned<String>>,
@@ -421,12 +518,18 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
                 ),
             )
         })?;
-        let upstream: UpstreamAddr = l
-            .upstream
-            .get_ref()
-            .trim()
-            .parse()
-            .map_err(|m: String| src.invalid(&l.upstream.span(), "listener.upstream", m))?;
+        let written = match l.upstream.get_ref() {
+            RawUpstreams::One(one) => vec![one.clone()],
+            RawUpstreams::Many(many) => many.clone(),
+        };
+        if written.is_empty() {
+            return Err(src.invalid(&l.upstream.span(), "listener.upstream", "the list is empty"));
+        }
+        let addrs = written
+            .iter()
+            .map(|u| u.trim().parse::<UpstreamAddr>())
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(|m| src.invalid(&l.upstream.span(), "listener.upstream", m))?;
         let name = match &l.name {
             Some(n) if n.get_ref().trim().is_empty() => {
                 return Err(src.invalid(&n.span(), "listener.name", "must not be empty"));
@@ -453,7 +556,45 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
         }
 
         let own = l.tls.clone().unwrap_or_default();
-        let (options, server_name, insecure) = tls_settings(&own, &default_tls, &upstream, src)?;
+        let (options, server_name, insecure) = tls_settings(&own, &default_tls, src)?;
+        let upstreams = addrs
+            .into_iter()
+            .map(|addr| {
+                let name = match &server_name {
+                    Some(n) => n.clone(),
+                    None => server_name_for(&addr.host).ok_or_else(|| {
+                        src.invalid(
+                            &l.upstream.span(),
+                            "listener.upstream",
+                            format!(
+                                "`{}` cannot be verified as a TLS name; set tls.server_name",
+                                addr.host
+                            ),
+                        )
+                    })?,
+                };
+                Ok(Upstream {
+                    addr,
+                    server_name: name,
+                })
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        let role = match &l.role {
+            None => Role::Any,
+            Some(r) => match r.get_ref().as_str() {
+                "any" => Role::Any,
+                "primary" => Role::Primary,
+                "replica" => Role::Replica,
+                other => {
+                    return Err(src.invalid(
+                        &r.span(),
+                        "listener.role",
+                        format!("`{other}` is not a role; use \"any\", \"primary\" or \"replica\""),
+                    ));
+                }
+            },
+        };
+        let pool = pool_settings(l.pool.as_ref(), raw.pool.as_ref(), src)?;
         let tls = tls::client_config(&options).map_err(|e| {
             let field = e.field();
             let pick = |t: &RawTls| match field {
@@ -515,8 +656,9 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
         listeners.push(ListenerConfig {
             name,
             listen,
-            upstream,
-            server_name,
+            upstreams,
+            role,
+            pool,
             tls,
             insecure_skip_verify: insecure,
             auth,
@@ -537,9 +679,8 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
 fn tls_settings(
     own: &RawTls,
     default: &RawTls,
-    upstream: &UpstreamAddr,
     src: &Source<'_>,
-) -> Result<(TlsOptions, ServerName<'static>, bool), ConfigError> {
+) -> Result<(TlsOptions, Option<ServerName<'static>>, bool), ConfigError> {
     let min_version = match merge(
         own.min_version.as_ref(),
         default.min_version.as_ref(),
@@ -563,26 +704,19 @@ fn tls_settings(
         default.server_name.as_ref(),
         "server_name",
     ) {
-        Some(m) => ServerName::try_from(m.value.get_ref().clone()).map_err(|_| {
-            src.invalid(
-                &m.value.span(),
-                &m.key,
-                format!(
-                    "`{}` is not a valid DNS name or IP address",
-                    m.value.get_ref()
-                ),
-            )
-        })?,
-        None => server_name_for(&upstream.host).ok_or_else(|| {
-            src.invalid(
-                &(0..0),
-                "listener.upstream",
-                format!(
-                    "`{}` cannot be verified as a TLS name; set tls.server_name",
-                    upstream.host
-                ),
-            )
-        })?,
+        Some(m) => Some(
+            ServerName::try_from(m.value.get_ref().clone()).map_err(|_| {
+                src.invalid(
+                    &m.value.span(),
+                    &m.key,
+                    format!(
+                        "`{}` is not a valid DNS name or IP address",
+                        m.value.get_ref()
+                    ),
+                )
+            })?,
+        ),
+        None => None,
     };
     let path = |v: Option<Merged<'_, PathBuf>>| v.map(|m| m.value.get_ref().clone());
     let insecure = merge(
@@ -614,6 +748,65 @@ fn tls_settings(
         server_name,
         insecure,
     ))
+}
+
+/// Merges `[listener.pool]` over `[pool]`, key by key.
+fn pool_settings(
+    own: Option<&RawPool>,
+    default: Option<&RawPool>,
+    src: &Source<'_>,
+) -> Result<PoolConfig, ConfigError> {
+    let (own, default) = (
+        own.cloned().unwrap_or_default(),
+        default.cloned().unwrap_or_default(),
+    );
+    let mut p = PoolConfig::default();
+    let pick =
+        |a: &Option<Spanned<usize>>, b: &Option<Spanned<usize>>| a.clone().or_else(|| b.clone());
+    if let Some(v) = pick(&own.min_idle, &default.min_idle) {
+        p.min_idle = *v.get_ref();
+    }
+    let max = pick(&own.max_idle, &default.max_idle);
+    if let Some(v) = &max {
+        p.max_idle = *v.get_ref();
+    }
+    if p.min_idle > p.max_idle {
+        let span = max.map_or(0..0, |m| m.span());
+        return Err(src.invalid(
+            &span,
+            "pool.max_idle",
+            format!("must be at least min_idle ({})", p.min_idle),
+        ));
+    }
+    if let Some(r) = own.reuse.or(default.reuse) {
+        p.reuse = r;
+    }
+    let dur = |a: &Option<Spanned<HumanDuration<Duration>>>,
+               b: &Option<Spanned<HumanDuration<Duration>>>,
+               key: &str| {
+        match a.as_ref().or(b.as_ref()) {
+            Some(d) if d.get_ref().is_zero() => {
+                Err(src.invalid(&d.span(), key, "must be more than 0s"))
+            }
+            Some(d) => Ok(Some(**d.get_ref())),
+            None => Ok(None),
+        }
+    };
+    if let Some(d) = dur(
+        &own.max_lifetime,
+        &default.max_lifetime,
+        "pool.max_lifetime",
+    )? {
+        p.max_lifetime = d;
+    }
+    if let Some(d) = dur(
+        &own.health_interval,
+        &default.health_interval,
+        "pool.health_interval",
+    )? {
+        p.health_interval = d;
+    }
+    Ok(p)
 }
 
 fn server_name_for(host: &str) -> Option<ServerName<'static>> {
@@ -769,10 +962,11 @@ mod tests {
         assert_eq!(c.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
         let l = &c.listeners[0];
         assert_eq!(l.name, "127.0.0.1:0");
-        assert_eq!(l.upstream.to_string(), "localhost:6379");
+        assert_eq!(l.upstream_list(), "localhost:6379");
         assert!(l.auth.is_none());
         assert!(!l.insecure_skip_verify);
-        assert_eq!(l.server_name.to_str(), "localhost");
+        assert_eq!(l.upstreams[0].server_name.to_str(), "localhost");
+        assert_eq!((l.role, &l.pool), (Role::Any, &PoolConfig::default()));
     }
 
     #[test]
@@ -872,8 +1066,14 @@ mod tests {
             "[tls]\nserver_name = \"shared.example\"\nmin_version = \"1.3\"\n{MIN}[[listener]]\nname = \"b\"\nlisten = \"127.0.0.1:0\"\nupstream = \"10.0.0.1:6379\"\n[listener.tls]\nserver_name = \"own.example\"\n"
         );
         let c = Config::from_toml(&text, "t.toml").unwrap();
-        assert_eq!(c.listeners[0].server_name.to_str(), "shared.example");
-        assert_eq!(c.listeners[1].server_name.to_str(), "own.example");
+        assert_eq!(
+            c.listeners[0].upstreams[0].server_name.to_str(),
+            "shared.example"
+        );
+        assert_eq!(
+            c.listeners[1].upstreams[0].server_name.to_str(),
+            "own.example"
+        );
     }
 
     #[test]
@@ -944,6 +1144,43 @@ mod tests {
     }
 
     #[test]
+    fn pools_roles_and_candidate_lists() {
+        let text = format!(
+            "[pool]\nmin_idle = 4\nmax_lifetime = \"10m\"\n{MIN}role = \"primary\"\n[listener.pool]\nmin_idle = 1\nreuse = false\n[[listener]]\nname = \"b\"\nlisten = \"127.0.0.1:0\"\nupstream = [\"a.example:6379\", \"b.example:6380\"]\n"
+        );
+        let c = Config::from_toml(&text, "t.toml").unwrap();
+        let (a, b) = (&c.listeners[0], &c.listeners[1]);
+        assert_eq!(a.role, Role::Primary);
+        assert_eq!(
+            (a.pool.min_idle, a.pool.reuse, a.pool.max_lifetime),
+            (1, false, Duration::from_secs(600))
+        );
+        assert_eq!((b.pool.min_idle, b.pool.reuse), (4, true));
+        assert_eq!(b.upstream_list(), "a.example:6379,b.example:6380");
+        assert_eq!(b.upstreams[1].server_name.to_str(), "b.example");
+        let e = err(&format!("{MIN}role = \"leader\"\n"));
+        assert!(
+            e.starts_with("t.toml:4: listener.role: `leader` is not a role"),
+            "{e}"
+        );
+        let e = err(&format!("[pool]\nmin_idle = 9\nmax_idle = 3\n{MIN}"));
+        assert!(
+            e.starts_with("t.toml:3: pool.max_idle: must be at least min_idle (9)"),
+            "{e}"
+        );
+        let e = err("[[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = []\n");
+        assert!(
+            e.starts_with("t.toml:3: listener.upstream: the list is empty"),
+            "{e}"
+        );
+        let e = err("[[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = [\"ok:1\", \"bad\"]\n");
+        assert!(
+            e.starts_with("t.toml:3: listener.upstream: `bad` has no port"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn upstream_forms() {
         let p = |s: &str| s.parse::<UpstreamAddr>();
         assert_eq!(p("[::1]:6379").unwrap().to_string(), "[::1]:6379");
@@ -987,7 +1224,7 @@ mod shipped_examples {
         let c = Config::from_toml(&text, "config/redis-cli.toml").unwrap();
         assert_eq!(c.listeners.len(), 2);
         assert_eq!(
-            c.listeners[0].server_name.to_str(),
+            c.listeners[0].upstreams[0].server_name.to_str(),
             "master.ssltest.wif01h.use1.cache.amazonaws.com"
         );
     }

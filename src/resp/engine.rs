@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::ops::Range;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::command::{self, Cmd};
 use super::scan::{Dir, ScanError, Scanner};
@@ -386,7 +386,7 @@ impl Requests {
                 self.in_multi = false;
                 self.authed = false;
                 if let Some(creds) = &self.inject {
-                    ops.push(Op::Bytes(auth_command(creds)));
+                    ops.push(Op::Bytes(super::auth_command(creds)));
                     entries.push(Entry::Swallow(1));
                 }
             }
@@ -446,18 +446,6 @@ impl Requests {
             _ => true,
         }
     }
-}
-
-/// `AUTH [user] password` as the bytes to send. Built when needed, so the secret is held only
-/// in the config's [`crate::config::Secret`].
-pub fn auth_command(creds: &Credentials) -> Bytes {
-    let mut cmd = BytesMut::new();
-    let password = creds.password.expose().as_bytes();
-    match &creds.username {
-        Some(user) => super::encode_command(&mut cmd, &[b"AUTH", user.as_bytes(), password]),
-        None => super::encode_command(&mut cmd, &[b"AUTH", password]),
-    }
-    cmd.freeze()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

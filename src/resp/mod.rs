@@ -29,6 +29,45 @@ pub fn encode_command(buf: &mut BytesMut, args: &[&[u8]]) {
     }
 }
 
+/// `AUTH [user] password` as the bytes to send. Built when needed, so the secret lives only in
+/// the config's [`crate::config::Secret`] between uses.
+pub fn auth_command(creds: &crate::config::Credentials) -> bytes::Bytes {
+    let mut cmd = BytesMut::new();
+    let password = creds.password.expose().as_bytes();
+    match &creds.username {
+        Some(user) => encode_command(&mut cmd, &[b"AUTH", user.as_bytes(), password]),
+        None => encode_command(&mut cmd, &[b"AUTH", password]),
+    }
+    cmd.freeze()
+}
+
+/// Reads one complete RESP2 frame from `r` (decoded by `redis-protocol`), keeping any bytes
+/// after it in `buf`. For the tunnel's own handshake and health-check replies only.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+) -> Result<redis_protocol::resp2::types::OwnedFrame, ReplyError> {
+    loop {
+        match redis_protocol::resp2::decode::decode(buf) {
+            Ok(Some((frame, n))) => {
+                buf.advance(n);
+                return Ok(frame);
+            }
+            Ok(None) => {}
+            Err(_) => {
+                let head = String::from_utf8_lossy(&buf[..buf.len().min(80)]).into_owned();
+                return Err(ReplyError::Unexpected(printable(&head)));
+            }
+        }
+        if buf.len() > MAX_LINE {
+            return Err(ReplyError::Unexpected("reply too long".into()));
+        }
+        if r.read_buf(buf).await? == 0 {
+            return Err(ReplyError::Closed);
+        }
+    }
+}
+
 /// A one-line reply: `+OK` → `Ok("OK")`, `-WRONGPASS …` → `Err("WRONGPASS …")`.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Line {

@@ -1,19 +1,21 @@
-//! DNS → TCP → TLS → AUTH, each stage under `connect_timeout`, each failure named by its stage.
+//! DNS → TCP → TLS → AUTH (+ ROLE), each stage under `connect_timeout`, each failure named by
+//! its stage; with several candidates (or addresses) and a `role`, the first that matches.
 
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use redis_protocol::resp2::types::OwnedFrame;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::config::{Credentials, ListenerConfig};
-use crate::resp::{self, Line};
+use crate::config::{ListenerConfig, Role, Upstream};
+use crate::resp;
 
 /// The step of a dial that failed; it is the `<stage>` of the client's `-ERR ectunnel:` reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +24,8 @@ pub enum Stage {
     Connect,
     Tls,
     Auth,
+    /// No candidate had the configured `role`.
+    Role,
     /// Only `check --connect` sends a PING after AUTH.
     Ping,
 }
@@ -33,6 +37,7 @@ impl fmt::Display for Stage {
             Stage::Connect => "connect",
             Stage::Tls => "tls",
             Stage::Auth => "auth",
+            Stage::Role => "role",
             Stage::Ping => "ping",
         })
     }
@@ -48,25 +53,58 @@ pub struct DialError {
     pub reason: String,
 }
 
-/// A ready session: TLS up and, when configured, authenticated.
+/// A ready session: TLS up and, when configured, authenticated and of the right role.
 pub struct Dialed {
     pub stream: TlsStream<TcpStream>,
     /// The address DNS gave this time (it changes on failover).
     pub peer: SocketAddr,
-    /// Whatever the server sent after the AUTH reply; forwarded to the client first.
+    /// Which of the listener's candidates it reached.
+    pub candidate: usize,
+    /// Whatever the server sent after the handshake replies; forwarded to the client first.
     pub leftover: BytesMut,
+    /// What `ROLE` said, when it was asked.
+    pub role: Option<String>,
+    pub created: Instant,
 }
 
 /// Dials the listener's upstream. DNS is resolved here, every time, never cached: the primary
 /// endpoint's name moves to the new primary on failover.
 pub async fn dial(l: &ListenerConfig) -> Result<Dialed, DialError> {
+    let mut wrong_role: Vec<String> = Vec::new();
+    let mut last = None;
+    for (i, up) in l.upstreams.iter().enumerate() {
+        match dial_candidate(l, up, i, &mut wrong_role).await {
+            Ok(d) => return Ok(d),
+            Err(e) => last = Some(e),
+        }
+    }
+    if !wrong_role.is_empty() && last.as_ref().is_none_or(|e| e.stage == Stage::Role) {
+        return Err(DialError {
+            stage: Stage::Role,
+            upstream: l.upstream_list(),
+            reason: format!("no {} found: {}", l.role, wrong_role.join(", ")),
+        });
+    }
+    Err(last.unwrap_or_else(|| DialError {
+        stage: Stage::Dns,
+        upstream: l.upstream_list(),
+        reason: "no upstream configured".into(),
+    }))
+}
+
+async fn dial_candidate(
+    l: &ListenerConfig,
+    up: &Upstream,
+    candidate: usize,
+    wrong_role: &mut Vec<String>,
+) -> Result<Dialed, DialError> {
     let t = l.connect_timeout;
     let fail = |stage, reason: String| DialError {
         stage,
-        upstream: l.upstream.to_string(),
+        upstream: up.addr.to_string(),
         reason: resp::printable(&reason),
     };
-    let host = (l.upstream.host.as_str(), l.upstream.port);
+    let host = (up.addr.host.as_str(), up.addr.port);
     let addrs: Vec<SocketAddr> = timeout(t, tokio::net::lookup_host(host))
         .await
         .map_err(|_| fail(Stage::Dns, timed_out(t)))?
@@ -75,79 +113,115 @@ pub async fn dial(l: &ListenerConfig) -> Result<Dialed, DialError> {
     if addrs.is_empty() {
         return Err(fail(Stage::Dns, "the name has no addresses".into()));
     }
-    // Name the address in connect errors unless the upstream already is that address.
-    let name_addrs = l.upstream.host.parse::<std::net::IpAddr>().is_err();
-    let (tcp, peer) = timeout(t, connect_any(&addrs, name_addrs))
-        .await
-        .map_err(|_| fail(Stage::Connect, timed_out(t)))?
-        .map_err(|e| fail(Stage::Connect, e.to_string()))?;
-    tcp.set_nodelay(true)
-        .map_err(|e| fail(Stage::Connect, e.to_string()))?;
-    let connector = TlsConnector::from(l.tls.clone());
-    let mut stream = timeout(t, connector.connect(l.server_name.clone(), tcp))
-        .await
-        .map_err(|_| fail(Stage::Tls, timed_out(t)))?
-        .map_err(|e| fail(Stage::Tls, e.to_string()))?;
-    let mut leftover = BytesMut::new();
-    if let Some(creds) = &l.auth {
-        timeout(t, authenticate(&mut stream, creds, &mut leftover))
+    // Name the address in errors unless the upstream already is that address.
+    let name_addrs = up.addr.host.parse::<std::net::IpAddr>().is_err();
+    let mut last = None;
+    for addr in addrs {
+        let label = |e: String| {
+            if name_addrs {
+                format!("{addr}: {e}")
+            } else {
+                e
+            }
+        };
+        let tcp = match timeout(t, TcpStream::connect(addr)).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => {
+                last = Some(fail(Stage::Connect, label(e.to_string())));
+                continue;
+            }
+            Err(_) => {
+                last = Some(fail(Stage::Connect, label(timed_out(t))));
+                continue;
+            }
+        };
+        tcp.set_nodelay(true)
+            .map_err(|e| fail(Stage::Connect, e.to_string()))?;
+        let connector = TlsConnector::from(l.tls.clone());
+        let mut stream = timeout(t, connector.connect(up.server_name.clone(), tcp))
+            .await
+            .map_err(|_| fail(Stage::Tls, timed_out(t)))?
+            .map_err(|e| fail(Stage::Tls, e.to_string()))?;
+        let mut leftover = BytesMut::new();
+        let role = timeout(t, handshake(&mut stream, l, &mut leftover))
             .await
             .map_err(|_| fail(Stage::Auth, timed_out(t)))?
-            .map_err(|reason| fail(Stage::Auth, reason))?;
+            .map_err(|(stage, reason)| fail(stage, reason))?;
+        if let Some(r) = &role
+            && !l.role.matches(r)
+        {
+            wrong_role.push(format!("{addr} is {r}"));
+            last = Some(fail(Stage::Role, format!("{addr} is {r}, not {}", l.role)));
+            continue;
+        }
+        tracing::debug!(
+            listener = %l.name,
+            upstream = %up.addr,
+            peer = %addr,
+            tls = ?stream.get_ref().1.protocol_version(),
+            handshake = ?stream.get_ref().1.handshake_kind(),
+            role = role.as_deref().unwrap_or("-"),
+            "upstream session ready"
+        );
+        return Ok(Dialed {
+            stream,
+            peer: addr,
+            candidate,
+            leftover,
+            role,
+            created: Instant::now(),
+        });
     }
-    tracing::debug!(
-        listener = %l.name,
-        upstream = %l.upstream,
-        %peer,
-        tls = ?stream.get_ref().1.protocol_version(),
-        handshake = ?stream.get_ref().1.handshake_kind(),
-        "upstream session ready"
-    );
-    Ok(Dialed {
-        stream,
-        peer,
-        leftover,
-    })
+    Err(last.unwrap_or_else(|| fail(Stage::Connect, "no address could be reached".into())))
 }
 
 fn timed_out(t: Duration) -> String {
     format!("timed out after {}", humantime::format_duration(t))
 }
 
-/// Tries each resolved address in turn, as a client library would, and reports the last error.
-async fn connect_any(
-    addrs: &[SocketAddr],
-    name_addrs: bool,
-) -> io::Result<(TcpStream, SocketAddr)> {
-    let mut last = None;
-    for addr in addrs {
-        match TcpStream::connect(addr).await {
-            Ok(s) => return Ok((s, *addr)),
-            Err(e) if name_addrs => last = Some(io::Error::new(e.kind(), format!("{addr}: {e}"))),
-            Err(e) => last = Some(e),
+/// Sends `AUTH` and, for a `role`, `ROLE`, pipelined in one round trip, and checks both replies
+/// before any client byte may pass. The server's error text (`WRONGPASS …`) is the reason shown
+/// to the client; it never contains the password. Returns what `ROLE` said.
+async fn handshake(
+    stream: &mut TlsStream<TcpStream>,
+    l: &ListenerConfig,
+    leftover: &mut BytesMut,
+) -> Result<Option<String>, (Stage, String)> {
+    let mut cmd = BytesMut::new();
+    if let Some(creds) = &l.auth {
+        cmd.extend_from_slice(&resp::auth_command(creds));
+    }
+    let ask_role = l.role != Role::Any;
+    if ask_role {
+        resp::encode_command(&mut cmd, &[b"ROLE"]);
+    }
+    if cmd.is_empty() {
+        return Ok(None);
+    }
+    let io = |stage| move |e: io::Error| (stage, e.to_string());
+    stream.write_all(&cmd).await.map_err(io(Stage::Auth))?;
+    stream.flush().await.map_err(io(Stage::Auth))?;
+    drop(cmd);
+    if l.auth.is_some() {
+        match resp::read_frame(stream, leftover).await {
+            Ok(OwnedFrame::SimpleString(_)) => {}
+            Ok(OwnedFrame::Error(e)) => return Err((Stage::Auth, e)),
+            Ok(other) => return Err((Stage::Auth, format!("unexpected reply {other:?}"))),
+            Err(e) => return Err((Stage::Auth, e.to_string())),
         }
     }
-    Err(last.unwrap_or_else(|| io::Error::other("no address to connect to")))
-}
-
-/// Sends `AUTH` and checks its reply before any client byte may pass. The reply's error text
-/// (`WRONGPASS …`) is the reason shown to the client; it never contains the password.
-async fn authenticate(
-    stream: &mut TlsStream<TcpStream>,
-    creds: &Credentials,
-    leftover: &mut BytesMut,
-) -> Result<(), String> {
-    let mut cmd = BytesMut::new();
-    let password = creds.password.expose().as_bytes();
-    match &creds.username {
-        Some(user) => resp::encode_command(&mut cmd, &[b"AUTH", user.as_bytes(), password]),
-        None => resp::encode_command(&mut cmd, &[b"AUTH", password]),
+    if !ask_role {
+        return Ok(None);
     }
-    stream.write_all(&cmd).await.map_err(|e| e.to_string())?;
-    stream.flush().await.map_err(|e| e.to_string())?;
-    match resp::read_line(stream, leftover).await {
-        Ok(Line::Status(_)) => Ok(()),
-        Ok(Line::Error(e)) => Err(e),
-        Err(e) => Err(e.to_string()),
+    match resp::read_frame(stream, leftover).await {
+        Ok(OwnedFrame::Array(items)) => match items.first() {
+            Some(OwnedFrame::BulkString(word)) => {
+                Ok(Some(String::from_utf8_lossy(word).into_owned()))
+            }
+            _ => Err((Stage::Role, "ROLE reply without a role".into())),
+        },
+        Ok(OwnedFrame::Error(e)) => Err((Stage::Role, e)),
+        Ok(other) => Err((Stage::Role, format!("unexpected ROLE reply {other:?}"))),
+        Err(e) => Err((Stage::Role, e.to_string())),
     }
 }
