@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{ClientAuth, Config, ListenerConfig};
 use crate::session;
+use crate::upstream::Pool;
 
 /// A listener that could not be bound; the process exits 1 with this message.
 #[derive(Debug, thiserror::Error)]
@@ -25,14 +26,17 @@ pub struct BindError {
 /// All listeners bound and ready to serve. Binding is separate from serving so that the caller
 /// (and tests, which bind port 0) can learn the addresses first.
 pub struct Server {
-    listeners: Vec<(Arc<ListenerConfig>, TcpListener)>,
+    listeners: Vec<(Pool, TcpListener)>,
     shutdown_grace: Duration,
+    /// Stops the pools' maintainers (and closes their idle sessions) at shutdown.
+    pools_stop: CancellationToken,
 }
 
 impl Server {
     /// Binds every listener or none: a tunnel missing one of its ports is a broken tunnel.
     pub async fn bind(config: Config) -> Result<Server, BindError> {
         let mut listeners = Vec::with_capacity(config.listeners.len());
+        let mut bound = Vec::with_capacity(config.listeners.len());
         for l in config.listeners {
             let socket = TcpListener::bind(l.listen)
                 .await
@@ -45,11 +49,17 @@ impl Server {
             warn_if_risky(&l, local);
             tracing::info!(listener = %l.name, listen = %local, upstream = %l.upstream_list(),
                 auth = l.auth.is_some(), "listening");
-            listeners.push((Arc::new(l), socket));
+            bound.push((Arc::new(l), socket));
+        }
+        // Only once every listener is bound: the pools start dialling right away.
+        let pools_stop = CancellationToken::new();
+        for (l, socket) in bound {
+            listeners.push((Pool::start(l, pools_stop.clone()), socket));
         }
         Ok(Server {
             listeners,
             shutdown_grace: config.shutdown_grace,
+            pools_stop,
         })
     }
 
@@ -57,7 +67,7 @@ impl Server {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .map(|(l, s)| s.local_addr().unwrap_or(l.listen))
+            .map(|(p, s)| s.local_addr().unwrap_or(p.listener().listen))
             .collect()
     }
 
@@ -68,9 +78,9 @@ impl Server {
         let end_sessions = CancellationToken::new();
         let sessions = TaskTracker::new();
         let mut acceptors = tokio::task::JoinSet::new();
-        for (listener, socket) in self.listeners {
+        for (pool, socket) in self.listeners {
             acceptors.spawn(accept_loop(
-                listener,
+                pool,
                 socket,
                 sessions.clone(),
                 stop_accepting.clone(),
@@ -79,6 +89,7 @@ impl Server {
         }
         shutdown.await;
         stop_accepting.cancel();
+        self.pools_stop.cancel();
         while acceptors.join_next().await.is_some() {}
         sessions.close();
         let grace = self.shutdown_grace;
@@ -129,12 +140,13 @@ fn risks(l: &ListenerConfig, local: SocketAddr) -> Vec<String> {
 }
 
 async fn accept_loop(
-    listener: Arc<ListenerConfig>,
+    pool: Pool,
     socket: TcpListener,
     sessions: TaskTracker,
     stop: CancellationToken,
     end_sessions: CancellationToken,
 ) {
+    let listener = pool.listener().clone();
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -145,12 +157,13 @@ async fn accept_loop(
             Ok((client, peer)) => {
                 backoff = Duration::from_millis(5);
                 tracing::debug!(listener = %listener.name, client = %peer, "client connected");
-                let listener = listener.clone();
+                let pool = pool.clone();
                 let end = end_sessions.clone();
                 sessions.spawn(async move {
+                    let name = pool.listener().name.clone();
                     tokio::select! {
-                        _ = session::serve(client, peer, listener.clone()) => {}
-                        _ = end.cancelled() => tracing::debug!(listener = %listener.name,
+                        _ = session::serve(client, peer, pool) => {}
+                        _ = end.cancelled() => tracing::debug!(listener = %name,
                             client = %peer, "session closed at end of shutdown grace"),
                     }
                 });

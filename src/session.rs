@@ -1,9 +1,12 @@
-//! One client: dial its upstream session, then forward both directions until both are done:
-//! through the RESP engine (`protocol = "resp"`) or as a byte pipe (`protocol = "raw"`).
+//! One client: take an upstream session from the pool, then forward both directions until both
+//! are done: through the RESP engine (`protocol = "resp"`) or as a byte pipe (`"raw"`). A RESP
+//! session whose client leaves cleanly goes back to the pool; one pinned to a demoted node is
+//! closed at its next reply boundary.
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -11,23 +14,25 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
 
-use crate::config::{ListenerConfig, Protocol};
+use crate::config::Protocol;
 use crate::resp::engine::{Entry, Fifo, Op, Replies, Requests};
-use crate::upstream::{self, DialError, Dialed};
+use crate::upstream::{DialError, Dialed, Pool};
 
 /// Read buffer per direction. 16 KiB holds a full TLS record, so one read drains one record.
 const BUF_SIZE: usize = 16 * 1024;
 
-/// How long a refused client's connection is kept half-open to drain its input, so that the
-/// `-ERR` reply is not destroyed by a reset when the client writes after the failure.
+/// How long a closed client's connection is kept half-open to drain its input, so that our
+/// last reply is not destroyed by a reset when the client writes after it.
 const LINGER: Duration = Duration::from_secs(5);
 
 /// Serves one accepted client to completion.
-pub async fn serve(mut client: TcpStream, peer: SocketAddr, listener: Arc<ListenerConfig>) {
+pub async fn serve(mut client: TcpStream, peer: SocketAddr, pool: Pool) {
+    let listener = pool.listener().clone();
     // Nagle would hold small replies back waiting for ACKs; RESP is request/response.
     let _ = client.set_nodelay(true);
-    let up = match upstream::dial(&listener).await {
+    let up = match pool.checkout().await {
         Ok(up) => up,
         Err(e) => {
             tracing::warn!(listener = %listener.name, client = %peer, "{e}");
@@ -38,14 +43,21 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, listener: Arc<Listen
     let upstream = up.peer;
     let result = match listener.protocol {
         Protocol::Raw => forward_raw(&mut client, up).await,
-        Protocol::Resp => forward_resp(&mut client, up, &listener).await,
+        Protocol::Resp => forward_resp(&mut client, up, &pool).await,
     };
     match result {
         Ok(end) => {
             tracing::debug!(listener = %listener.name, client = %peer, %upstream,
-                to_up = end.to_up, to_client = end.to_client, "session closed");
-            if end.tunnel_closed {
-                linger(client).await;
+                to_up = end.to_up, to_client = end.to_client, after = end.after.describe(),
+                "session closed");
+            match end.after {
+                After::Done => {}
+                After::Reuse(up) => {
+                    let _ = client.shutdown().await;
+                    drop(client);
+                    pool.give_back(up).await;
+                }
+                After::Linger => linger(client).await,
             }
         }
         Err(e) => tracing::debug!(listener = %listener.name, client = %peer, %upstream,
@@ -57,8 +69,27 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, listener: Arc<Listen
 struct End {
     to_up: u64,
     to_client: u64,
-    /// The tunnel ended it after a final error reply (malformed client input).
-    tunnel_closed: bool,
+    after: After,
+}
+
+/// What is left to do once both directions have stopped.
+enum After {
+    /// Both sides closed; nothing.
+    Done,
+    /// The client left at a clean boundary: the upstream session may be reused.
+    Reuse(Dialed),
+    /// The tunnel ended it (malformed input, a demoted node): close the client gracefully.
+    Linger,
+}
+
+impl After {
+    fn describe(&self) -> &'static str {
+        match self {
+            After::Done => "closed",
+            After::Reuse(_) => "upstream returned to the pool",
+            After::Linger => "closed by the tunnel",
+        }
+    }
 }
 
 /// Sends the one `-ERR ectunnel: …` line, then closes with [`linger`].
@@ -98,7 +129,7 @@ async fn forward_raw(client: &mut TcpStream, up: Dialed) -> io::Result<End> {
     Ok(End {
         to_up,
         to_client,
-        tunnel_closed: false,
+        after: After::Done,
     })
 }
 
@@ -129,17 +160,51 @@ fn read_or_eof(r: io::Result<usize>) -> io::Result<usize> {
     }
 }
 
+/// What the two directions of a RESP session share.
+struct Shared {
+    fifo: Fifo,
+    /// The reply side is between frames.
+    reply_boundary: bool,
+}
+
+/// How the reply direction ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReplyEnd {
+    /// The server closed; the client was told with a half-close.
+    Eof,
+    /// The client left cleanly and the server owes nothing: reusable.
+    Clean,
+    /// The tunnel ends the session (protocol error sent, or the node was demoted).
+    Tunnel,
+}
+
 /// `protocol = "resp"`: the same two independent directions, each through its half of the
 /// RESP engine, sharing the reply FIFO. A direction never waits for the other except through
 /// the FIFO, so a client that pipelines without reading behaves as it would against Redis.
-async fn forward_resp(client: &mut TcpStream, up: Dialed, l: &ListenerConfig) -> io::Result<End> {
-    let fifo = Mutex::new(Fifo::default());
+async fn forward_resp(client: &mut TcpStream, up: Dialed, pool: &Pool) -> io::Result<End> {
+    let l = pool.listener();
+    let shared = Mutex::new(Shared {
+        fifo: Fifo::default(),
+        reply_boundary: true,
+    });
     let wake = Notify::new();
+    let client_left_clean = AtomicBool::new(false);
+    let stop_requests = CancellationToken::new();
+    let mut epoch = pool.epoch();
     let mut requests = Requests::new(l.client_auth.clone(), l.auth.clone());
     let mut replies = Replies::new();
+    let Dialed {
+        stream,
+        peer,
+        candidate,
+        leftover,
+        role,
+        created,
+    } = up;
     let (mut client_rd, mut client_wr) = client.split();
-    let (mut up_rd, mut up_wr) = tokio::io::split(up.stream);
+    let (mut up_rd, mut up_wr) = tokio::io::split(stream);
     let name = &l.name;
+    let reuse = l.pool.reuse;
 
     let to_upstream = async {
         let mut buf = BytesMut::with_capacity(BUF_SIZE);
@@ -149,7 +214,11 @@ async fn forward_resp(client: &mut TcpStream, up: Dialed, l: &ListenerConfig) ->
             if buf.capacity() - buf.len() < BUF_SIZE / 4 {
                 buf.reserve(BUF_SIZE);
             }
-            if client_rd.read_buf(&mut buf).await? == 0 {
+            let n = tokio::select! {
+                r = client_rd.read_buf(&mut buf) => r?,
+                _ = stop_requests.cancelled() => return Ok(total),
+            };
+            if n == 0 {
                 break;
             }
             let progress = requests.process(&buf, &mut ops, &mut entries);
@@ -157,7 +226,7 @@ async fn forward_resp(client: &mut TcpStream, up: Dialed, l: &ListenerConfig) ->
                 let wake_replies = entries
                     .iter()
                     .any(|e| !matches!(e, Entry::Client(_) | Entry::Swallow(_)));
-                lock(&fifo).extend(entries.drain(..));
+                lock(&shared).fifo.extend(entries.drain(..));
                 if wake_replies {
                     wake.notify_one();
                 }
@@ -169,7 +238,19 @@ async fn forward_resp(client: &mut TcpStream, up: Dialed, l: &ListenerConfig) ->
                 return Ok(total);
             }
         }
-        up_wr.shutdown().await?;
+        // The client is done sending. If nothing is owed either way, keep the upstream session
+        // open for the next client; otherwise pass the half-close on, as a direct connection
+        // would, so the replies still owed are delivered.
+        let clean = reuse && requests.at_clean_boundary() && {
+            let s = lock(&shared);
+            s.fifo.is_empty() && s.reply_boundary
+        };
+        if clean {
+            client_left_clean.store(true, Ordering::Release);
+            wake.notify_one();
+        } else {
+            up_wr.shutdown().await?;
+        }
         Ok::<_, io::Error>(total)
     };
 
@@ -177,32 +258,49 @@ async fn forward_resp(client: &mut TcpStream, up: Dialed, l: &ListenerConfig) ->
         let mut buf = BytesMut::with_capacity(BUF_SIZE);
         let mut ops = Vec::new();
         let mut total = 0u64;
-        if !up.leftover.is_empty() {
-            buf.extend_from_slice(&up.leftover);
+        let mut draining = false;
+        if !leftover.is_empty() {
+            buf.extend_from_slice(&leftover);
         }
-        loop {
+        let end = loop {
             let progress = if buf.is_empty() {
                 tokio::select! {
                     r = up_rd.read_buf(&mut buf) => {
                         if read_or_eof(r)? == 0 {
-                            break;
+                            break ReplyEnd::Eof;
                         }
                         continue;
                     }
                     _ = wake.notified() => {
+                        if client_left_clean.load(Ordering::Acquire) {
+                            break ReplyEnd::Clean;
+                        }
                         if !replies.at_boundary() {
                             continue;
                         }
-                        let close = replies.emit_ready(&mut lock(&fifo), &mut ops);
+                        let close = replies.emit_ready(&mut lock(&shared).fifo, &mut ops);
                         total += write_ops(&mut client_wr, &buf, &mut ops).await?;
                         if close {
-                            return Ok((total, true));
+                            break ReplyEnd::Tunnel;
+                        }
+                        continue;
+                    }
+                    changed = epoch.changed(), if !draining => {
+                        if changed.is_err() || epoch.borrow_and_update().node.is_some_and(|n| n != peer) {
+                            tracing::debug!(listener = %name, %peer, "node demoted; closing at the next reply boundary");
+                            draining = true;
+                            if replies.at_boundary() {
+                                break ReplyEnd::Tunnel;
+                            }
                         }
                         continue;
                     }
                 }
             } else {
-                replies.process(&buf, &mut lock(&fifo), &mut ops)
+                let mut s = lock(&shared);
+                let p = replies.process(&buf, &mut s.fifo, &mut ops);
+                s.reply_boundary = replies.at_boundary();
+                p
             };
             for e in &progress.injected_errors {
                 tracing::warn!(listener = %name, "the server refused the tunnel's re-AUTH after RESET: {e}");
@@ -210,25 +308,49 @@ async fn forward_resp(client: &mut TcpStream, up: Dialed, l: &ListenerConfig) ->
             total += write_ops(&mut client_wr, &buf, &mut ops).await?;
             buf.clear();
             if progress.close {
-                return Ok((total, true));
+                break ReplyEnd::Tunnel;
             }
+            if progress.demoted {
+                tracing::info!(listener = %name, %peer, "the node answered as a replica; closing this session");
+                pool.demoted();
+                draining = true;
+            }
+            if draining && replies.at_boundary() {
+                break ReplyEnd::Tunnel;
+            }
+        };
+        match end {
+            ReplyEnd::Eof => client_wr.shutdown().await?,
+            ReplyEnd::Clean => {}
+            ReplyEnd::Tunnel => stop_requests.cancel(),
         }
-        client_wr.shutdown().await?;
-        Ok::<_, io::Error>((total, false))
+        Ok::<_, io::Error>((total, end))
     };
 
-    let (to_up, (to_client, tunnel_closed)) = tokio::try_join!(to_upstream, to_client)?;
+    let (to_up, (to_client, end)) = tokio::try_join!(to_upstream, to_client)?;
+    let after = match end {
+        ReplyEnd::Eof => After::Done,
+        ReplyEnd::Tunnel => After::Linger,
+        ReplyEnd::Clean => After::Reuse(Dialed {
+            stream: up_rd.unsplit(up_wr),
+            peer,
+            candidate,
+            leftover: BytesMut::new(),
+            role,
+            created,
+        }),
+    };
     Ok(End {
         to_up,
         to_client,
-        tunnel_closed,
+        after,
     })
 }
 
-fn lock(fifo: &Mutex<Fifo>) -> MutexGuard<'_, Fifo> {
-    // The FIFO is only touched between awaits; a poisoned lock means a panic elsewhere in this
-    // very session, whose state is still as consistent as it was.
-    fifo.lock().unwrap_or_else(|p| p.into_inner())
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    // Only touched between awaits; a poisoned lock means a panic elsewhere in this very
+    // session, whose state is still as consistent as it was.
+    shared.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Writes the engine's output in order: ranges of `buf`, or bytes the tunnel made.

@@ -169,6 +169,12 @@ impl Requests {
         self.held
     }
 
+    /// Between requests with reply accounting intact: if the server owes nothing either, the
+    /// connection can be RESET and handed to another client.
+    pub fn at_clean_boundary(&self) -> bool {
+        !self.opaque && !self.streaming && self.held == 0
+    }
+
     /// Whether the tunnel may put a command of its own on this connection now: between
     /// frames, outside MULTI … EXEC, with reply accounting intact.
     pub fn can_inject(&self) -> bool {
@@ -455,6 +461,13 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The errors a node gives once it has been demoted to a replica.
+fn demotion(reply: &[u8]) -> bool {
+    reply.starts_with(b"-READONLY")
+        || (reply.starts_with(b"-UNBLOCKED")
+            && memchr::memmem::find(reply, b"master -> replica").is_some())
+}
+
 /// Who owns the reply frame being scanned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Owner {
@@ -470,6 +483,9 @@ pub struct ReplyProgress {
     pub close: bool,
     /// Error replies to injected commands (e.g. the re-AUTH after RESET was refused).
     pub injected_errors: Vec<String>,
+    /// The client got `-READONLY` or `-UNBLOCKED … (master -> replica?)`: this node was
+    /// demoted under us.
+    pub demoted: bool,
 }
 
 /// The server → client half.
@@ -478,7 +494,9 @@ pub struct Replies {
     scan: Scanner,
     owner: Option<Owner>,
     opaque: bool,
+    /// The start of the current frame, kept for swallowed replies and the client's errors.
     capture: Vec<u8>,
+    capturing: bool,
 }
 
 impl Default for Replies {
@@ -494,6 +512,7 @@ impl Replies {
             owner: None,
             opaque: false,
             capture: Vec::new(),
+            capturing: false,
         }
     }
 
@@ -540,6 +559,7 @@ impl Replies {
                         }
                     };
                     self.capture.clear();
+                    self.capturing = o == Owner::Swallow || buf[i] == b'-';
                     self.owner = Some(o);
                     o
                 }
@@ -555,12 +575,12 @@ impl Replies {
                     return progress;
                 }
             };
-            match owner {
-                Owner::Swallow => {
-                    let room = CAPTURE.saturating_sub(self.capture.len()).min(n);
-                    self.capture.extend_from_slice(&buf[i..i + room]);
-                }
-                Owner::Client | Owner::Push => forward(ops, i..i + n),
+            if self.capturing {
+                let room = CAPTURE.saturating_sub(self.capture.len()).min(n);
+                self.capture.extend_from_slice(&buf[i..i + room]);
+            }
+            if owner != Owner::Swallow {
+                forward(ops, i..i + n);
             }
             i += n;
             if done {
@@ -568,7 +588,12 @@ impl Replies {
                 // An attribute annotates the reply after it; it is not a reply itself.
                 if self.scan.info().kind != b'|' {
                     match owner {
-                        Owner::Client => fifo.pop_reply(),
+                        Owner::Client => {
+                            fifo.pop_reply();
+                            if self.capturing && demotion(&self.capture) {
+                                progress.demoted = true;
+                            }
+                        }
                         Owner::Swallow => {
                             fifo.pop_reply();
                             if self.capture.first() == Some(&b'-') {

@@ -1,5 +1,8 @@
-//! Reaching the upstream: one authenticated TLS session per [`dial`].
+//! Reaching the upstream: [`dial`] makes one authenticated TLS session; [`Pool`] keeps them
+//! ready, reuses them safely and follows the node with the configured role.
 
 mod dial;
+mod pool;
 
 pub use dial::{DialError, Dialed, Stage, dial};
+pub use pool::{Epoch, Pool};
