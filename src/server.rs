@@ -63,6 +63,11 @@ impl Server {
         })
     }
 
+    /// Each listener's pool, in config order (for readiness, metrics and tests).
+    pub fn pools(&self) -> Vec<Pool> {
+        self.listeners.iter().map(|(p, _)| p.clone()).collect()
+    }
+
     /// The bound address of each listener, in config order.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners

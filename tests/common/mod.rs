@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use tempfile::TempDir;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
@@ -66,15 +66,16 @@ impl Redis {
     /// Starts redis-server with TLS from `pki` and `extra` arguments (e.g. `--requirepass x`).
     /// Waits for the server's own "Ready to accept connections" line, not for a timer.
     pub fn start(pki: &Pki, extra: &[&str]) -> Redis {
+        Self::start_on(pki, None, extra)
+    }
+
+    /// Like [`Redis::start`], on `port` when given (for a restart on the same address).
+    pub fn start_on(pki: &Pki, port: Option<u16>, extra: &[&str]) -> Redis {
         let mut log = String::new();
         for _ in 0..5 {
             // The port is free now; redis cannot bind port 0 itself. A race with another
             // process taking it is caught below and retried with a new port.
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+            let port = port.unwrap_or_else(free_port);
             let dir = tempfile::tempdir().unwrap();
             let mut child = Command::new("redis-server")
                 .args([
@@ -149,9 +150,57 @@ impl Drop for Redis {
     }
 }
 
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A TLS connection straight to `redis` (not through the tunnel), authenticated with `token`.
+pub async fn direct(
+    redis: &Redis,
+    pki: &Pki,
+    token: &str,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tls = ectunnel::tls::client_config(&ectunnel::tls::TlsOptions {
+        ca_file: Some(pki.ca.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    let tcp = TcpStream::connect(redis.addr()).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(roundtrip(&mut s, &cmd(&["AUTH", token])).await, "+OK\r\n");
+    s
+}
+
+/// Polls `check` until it holds (bounded by [`WAIT`]): for server-side state that has no
+/// event to wait on.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The tunnel running in this process, stopped (gracefully) on drop.
 pub struct Tunnel {
     pub addrs: Vec<SocketAddr>,
+    pub pools: Vec<ectunnel::upstream::Pool>,
     stop: Option<oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<()>>,
 }
@@ -161,12 +210,14 @@ impl Tunnel {
         let config = ectunnel::Config::from_toml(toml, "test.toml").expect("valid test config");
         let server = ectunnel::Server::bind(config).await.expect("bind");
         let addrs = server.local_addrs();
+        let pools = server.pools();
         let (tx, rx) = oneshot::channel::<()>();
         let done = tokio::spawn(server.run(async {
             let _ = rx.await;
         }));
         Tunnel {
             addrs,
+            pools,
             stop: Some(tx),
             done: Some(done),
         }
@@ -209,14 +260,14 @@ pub async fn connect(addr: SocketAddr) -> TcpStream {
 }
 
 /// Sends `cmd` and returns the one complete reply, byte for byte.
-pub async fn roundtrip(s: &mut TcpStream, cmd: &[u8]) -> String {
+pub async fn roundtrip<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, cmd: &[u8]) -> String {
     s.write_all(cmd).await.unwrap();
     read_reply(s).await
 }
 
 /// Reads exactly one RESP2/RESP3 reply and returns its raw bytes as text. Reads no further than
 /// the reply's last byte, so pipelined replies can be read one by one.
-pub async fn read_reply(s: &mut TcpStream) -> String {
+pub async fn read_reply<S: AsyncRead + Unpin>(s: &mut S) -> String {
     let mut out = Vec::new();
     tokio::time::timeout(WAIT, async {
         let mut pending = 1u64;
