@@ -55,7 +55,7 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, pool: Pool) {
                 After::Reuse(up) => {
                     let _ = client.shutdown().await;
                     drop(client);
-                    pool.give_back(up).await;
+                    pool.give_back(*up).await;
                 }
                 After::Linger => linger(client).await,
             }
@@ -77,7 +77,7 @@ enum After {
     /// Both sides closed; nothing.
     Done,
     /// The client left at a clean boundary: the upstream session may be reused.
-    Reuse(Dialed),
+    Reuse(Box<Dialed>),
     /// The tunnel ended it (malformed input, a demoted node): close the client gracefully.
     Linger,
 }
@@ -331,14 +331,14 @@ async fn forward_resp(client: &mut TcpStream, up: Dialed, pool: &Pool) -> io::Re
     let after = match end {
         ReplyEnd::Eof => After::Done,
         ReplyEnd::Tunnel => After::Linger,
-        ReplyEnd::Clean => After::Reuse(Dialed {
+        ReplyEnd::Clean => After::Reuse(Box::new(Dialed {
             stream: up_rd.unsplit(up_wr),
             peer,
             candidate,
             leftover: BytesMut::new(),
             role,
             created,
-        }),
+        })),
     };
     Ok(End {
         to_up,
