@@ -19,6 +19,7 @@ pub mod resp;
 pub mod server;
 pub mod session;
 pub mod shutdown;
+pub mod stunnel;
 pub mod tls;
 pub mod upstream;
 
