@@ -125,6 +125,7 @@ fn engine_roundtrip(
         Some(Credentials {
             username: None,
             password: Secret::new("bench-token-0000"),
+            file: None,
         }),
     );
     up.clear();

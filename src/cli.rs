@@ -1,13 +1,20 @@
 //! The command line: parse, set up logging, load the config, run; map failures to exit codes
-//! (2 usage/config, 1 runtime).
+//! (2 usage/config, 1 runtime). Also the process-level duties: signals, reload triggers, and
+//! systemd notifications.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use sd_notify::NotifyState;
 
 use crate::config::{Config, ConfigError, SingleListener};
+use crate::server::{Reloader, Server};
+
+/// How often `password_file`s are checked for a rotated secret.
+const SECRET_POLL: Duration = Duration::from_secs(2);
 
 /// TLS tunnel for Redis clients that cannot speak TLS: plain RESP in, verified TLS (and AUTH) out.
 #[derive(Parser, Debug)]
@@ -36,9 +43,26 @@ enum Command {
         #[arg(long)]
         connect: bool,
     },
+    /// Exit 0 if the running tunnel's /readyz says ready, 1 otherwise (container health checks).
+    Health {
+        /// The admin endpoint of the running tunnel.
+        #[arg(
+            long,
+            value_name = "ADDR",
+            env = "ECTUNNEL_ADMIN",
+            default_value = "127.0.0.1:9121"
+        )]
+        admin: String,
+    },
+    /// Print an ectunnel config equivalent to an stunnel client configuration.
+    ConvertStunnel {
+        /// The stunnel configuration file, e.g. /etc/stunnel/redis-cli.conf.
+        file: PathBuf,
+    },
 }
 
-/// Where the config comes from: a file, or flags for a one-listener tunnel.
+/// Where the config comes from: a file, or flags (or their environment variables, for
+/// containers) for a one-listener tunnel.
 #[derive(Args, Debug, Clone)]
 struct SourceArgs {
     /// Config file (TOML). Falls back to $ECTUNNEL_CONFIG.
@@ -48,25 +72,54 @@ struct SourceArgs {
     #[arg(
         long,
         value_name = "ADDR",
+        env = "ECTUNNEL_LISTEN",
         requires = "upstream",
         conflicts_with = "config"
     )]
     listen: Option<String>,
     /// One-listener mode: the TLS Redis endpoint, HOST:PORT.
-    #[arg(long, value_name = "HOST:PORT", requires = "listen")]
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        env = "ECTUNNEL_UPSTREAM",
+        requires = "listen"
+    )]
     upstream: Option<String>,
     /// PEM file of CA certificates to trust instead of the built-in Mozilla roots.
-    #[arg(long, value_name = "FILE", requires = "listen")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "ECTUNNEL_CA_FILE",
+        requires = "listen"
+    )]
     ca_file: Option<PathBuf>,
     /// Name to send as SNI and verify the certificate against (default: the upstream host).
-    #[arg(long, value_name = "NAME", requires = "listen")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "ECTUNNEL_SERVER_NAME",
+        requires = "listen"
+    )]
     server_name: Option<String>,
     /// ACL user to AUTH as (needs --password-env).
-    #[arg(long, value_name = "USER", requires = "password_env")]
+    #[arg(
+        long,
+        value_name = "USER",
+        env = "ECTUNNEL_USERNAME",
+        requires = "password_env"
+    )]
     username: Option<String>,
     /// Environment variable holding the AUTH token or password to inject.
-    #[arg(long, value_name = "VAR", requires = "listen")]
+    #[arg(
+        long,
+        value_name = "VAR",
+        env = "ECTUNNEL_PASSWORD_ENV",
+        requires = "listen"
+    )]
     password_env: Option<String>,
+    /// One-listener mode: serve /metrics, /healthz, /readyz on this address.
+    #[arg(long, value_name = "ADDR", env = "ECTUNNEL_ADMIN", requires = "listen")]
+    admin: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -102,15 +155,18 @@ pub fn main() -> ExitCode {
         None => (cli.source, None),
         Some(Command::Run { source }) => (source, None),
         Some(Command::Check { source, connect }) => (source, Some(connect)),
+        Some(Command::Health { admin }) => return health(&admin),
+        Some(Command::ConvertStunnel { file }) => return convert_stunnel(&file),
     };
-    let config = match load(&source) {
+    let file = config_path(&source);
+    let config = match load(&source, file.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ectunnel: config error: {e}");
             return ExitCode::from(2);
         }
     };
-    match execute(config, check) {
+    match execute(config, file, check) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("ectunnel: {e:#}");
@@ -119,27 +175,152 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn execute(config: Config, check: Option<bool>) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        match check {
-            Some(connect) => Ok(if crate::check::check(&config, connect).await {
+        .context("cannot start the async runtime")
+}
+
+fn execute(config: Config, file: Option<PathBuf>, check: Option<bool>) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        if let Some(connect) = check {
+            let ok = crate::check::check(&config, connect).await;
+            return Ok(if ok {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
-            }),
-            None => {
-                crate::run(config, crate::shutdown::signal()).await?;
-                Ok(ExitCode::SUCCESS)
-            }
+            });
         }
+        let secrets = config.secret_files();
+        let server = Server::bind(config).await?;
+        notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
+        if let Some(file) = file {
+            tokio::spawn(reload_on_demand(file, secrets, server.reloader()));
+        }
+        if let Some(period) = sd_notify::watchdog_enabled() {
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(period / 2);
+                loop {
+                    tick.tick().await;
+                    notify(&[NotifyState::Watchdog]);
+                }
+            });
+        }
+        server
+            .run(async {
+                crate::shutdown::signal().await;
+                notify(&[NotifyState::Stopping]);
+            })
+            .await;
+        Ok(ExitCode::SUCCESS)
     })
 }
 
-fn load(source: &SourceArgs) -> Result<Config, ConfigError> {
+/// Tells systemd (when it started us with `Type=notify`) what is going on; a no-op elsewhere.
+fn notify(states: &[NotifyState<'_>]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_some()
+        && let Err(e) = sd_notify::notify(states)
+    {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+/// Reloads on SIGHUP, and when a `password_file` changes (a rotated secret), re-reading the
+/// config file each time. An invalid file is reported and the running config stays.
+async fn reload_on_demand(file: PathBuf, mut secrets: Vec<PathBuf>, reloader: Reloader) {
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload by SIGHUP is off");
+            return;
+        }
+    };
+    let mut seen = fingerprint(&secrets);
+    let mut poll = tokio::time::interval(SECRET_POLL);
+    loop {
+        tokio::select! {
+            _ = hup.recv() => tracing::info!("SIGHUP received: reloading {}", file.display()),
+            _ = poll.tick() => {
+                let now = fingerprint(&secrets);
+                if now == seen {
+                    continue;
+                }
+                tracing::info!("a password_file changed: reloading {}", file.display());
+            }
+        }
+        notify(&[NotifyState::Reloading, monotonic_now()]);
+        let config = Config::from_file(&file).map_err(|e| e.to_string());
+        if let Ok(c) = &config {
+            secrets = c.secret_files();
+        }
+        // Whatever the outcome, this version of the files has been dealt with.
+        seen = fingerprint(&secrets);
+        let _ = reloader.reload(config).await;
+        notify(&[NotifyState::Ready]);
+    }
+}
+
+fn monotonic_now() -> NotifyState<'static> {
+    NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Status("reloading"))
+}
+
+/// The contents of the watched files (a change of any byte, or of existence, counts).
+fn fingerprint(files: &[PathBuf]) -> Vec<Option<Vec<u8>>> {
+    files.iter().map(|f| std::fs::read(f).ok()).collect()
+}
+
+fn health(admin: &str) -> ExitCode {
+    let result = runtime().map_err(|e| e.to_string()).and_then(|rt| {
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), crate::admin::check_ready(admin))
+                .await
+                .map_err(|_| format!("{admin}: no answer within 5s"))?
+        })
+    });
+    match result {
+        Ok(body) => {
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ectunnel: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn convert_stunnel(file: &Path) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("ectunnel: {}: cannot read: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    match crate::stunnel::convert(&text, &file.display().to_string()) {
+        Ok(toml) => {
+            print!("{toml}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ectunnel: {}: {e}", file.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn config_path(source: &SourceArgs) -> Option<PathBuf> {
+    if source.listen.is_some() {
+        return None;
+    }
+    source
+        .config
+        .clone()
+        .or_else(|| std::env::var_os("ECTUNNEL_CONFIG").map(PathBuf::from))
+}
+
+fn load(source: &SourceArgs, file: Option<&Path>) -> Result<Config, ConfigError> {
     if let (Some(listen), Some(upstream)) = (&source.listen, &source.upstream) {
         return Config::single(&SingleListener {
             listen: listen.clone(),
@@ -148,14 +329,10 @@ fn load(source: &SourceArgs) -> Result<Config, ConfigError> {
             server_name: source.server_name.clone(),
             username: source.username.clone(),
             password_env: source.password_env.clone(),
+            admin: source.admin.clone(),
         });
     }
-    let path = source
-        .config
-        .clone()
-        .or_else(|| std::env::var_os("ECTUNNEL_CONFIG").map(PathBuf::from))
-        .ok_or(ConfigError::Missing)?;
-    Config::from_file(&path)
+    Config::from_file(file.ok_or(ConfigError::Missing)?)
 }
 
 fn init_logging(args: &LogArgs) {

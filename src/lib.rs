@@ -12,9 +12,11 @@
 //! - [`check`]: `ectunnel check [--connect]`.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod metrics;
 pub mod resp;
 pub mod server;
 pub mod session;

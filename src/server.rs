@@ -1,20 +1,25 @@
-//! Binds every listener, accepts clients, and drains them on shutdown.
+//! Binds every listener (and the admin endpoint), accepts clients, applies reloads, and drains
+//! on shutdown.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::{self, AdminState};
 use crate::config::{ClientAuth, Config, ListenerConfig};
+use crate::metrics::Metrics;
 use crate::session;
 use crate::upstream::Pool;
 
-/// A listener that could not be bound; the process exits 1 with this message.
+/// A listener (or the admin endpoint) that could not be bound; the process exits 1.
 #[derive(Debug, thiserror::Error)]
 #[error("listener `{name}` cannot bind {addr}: {source}")]
 pub struct BindError {
@@ -23,79 +28,177 @@ pub struct BindError {
     pub source: io::Error,
 }
 
-/// All listeners bound and ready to serve. Binding is separate from serving so that the caller
-/// (and tests, which bind port 0) can learn the addresses first.
+/// Why a reload was not applied; the old configuration keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("the server is not running")]
+    Stopped,
+}
+
+/// All listeners bound and their pools warming up. Binding is separate from serving so that
+/// the caller (and tests, which bind port 0) can learn the addresses first.
 pub struct Server {
-    listeners: Vec<(Pool, TcpListener)>,
+    listeners: Vec<Bound>,
     shutdown_grace: Duration,
-    /// Stops the pools' maintainers (and closes their idle sessions) at shutdown.
-    pools_stop: CancellationToken,
+    admin: Option<TcpListener>,
+    metrics: Arc<Metrics>,
+    pools: Arc<Mutex<Vec<Pool>>>,
+    reload_tx: mpsc::Sender<ReloadRequest>,
+    reload_rx: mpsc::Receiver<ReloadRequest>,
+}
+
+struct Bound {
+    config: Arc<ListenerConfig>,
+    socket: TcpListener,
+    pool: Pool,
+    pool_stop: CancellationToken,
+}
+
+struct ReloadRequest {
+    config: Result<Config, String>,
+    done: oneshot::Sender<Result<(), ReloadError>>,
+}
+
+/// Sends new configurations to a running [`Server`].
+#[derive(Clone)]
+pub struct Reloader {
+    tx: mpsc::Sender<ReloadRequest>,
+}
+
+impl Reloader {
+    /// Applies `config` (or records a failed reload when it is an error): new listeners bind,
+    /// removed ones stop accepting, every listener gets a fresh pool with the new settings;
+    /// sessions already open keep running untouched. All or nothing: if a new address cannot
+    /// be bound, nothing changes.
+    pub async fn reload(&self, config: Result<Config, String>) -> Result<(), ReloadError> {
+        let (done, result) = oneshot::channel();
+        self.tx
+            .send(ReloadRequest { config, done })
+            .await
+            .map_err(|_| ReloadError::Stopped)?;
+        result.await.map_err(|_| ReloadError::Stopped)?
+    }
 }
 
 impl Server {
-    /// Binds every listener or none: a tunnel missing one of its ports is a broken tunnel.
+    /// Binds every listener or none (a tunnel missing one of its ports is a broken tunnel),
+    /// then starts each listener's pool, which begins dialling at once.
     pub async fn bind(config: Config) -> Result<Server, BindError> {
-        let mut listeners = Vec::with_capacity(config.listeners.len());
-        let mut bound = Vec::with_capacity(config.listeners.len());
+        let metrics = Metrics::new();
+        let mut sockets = Vec::with_capacity(config.listeners.len());
         for l in config.listeners {
-            let socket = TcpListener::bind(l.listen)
-                .await
-                .map_err(|source| BindError {
-                    name: l.name.clone(),
-                    addr: l.listen,
-                    source,
-                })?;
-            let local = socket.local_addr().unwrap_or(l.listen);
-            warn_if_risky(&l, local);
-            tracing::info!(listener = %l.name, listen = %local, upstream = %l.upstream_list(),
-                auth = l.auth.is_some(), "listening");
-            bound.push((Arc::new(l), socket));
+            let socket = bind(&l.name, l.listen).await?;
+            sockets.push((Arc::new(l), socket));
         }
-        // Only once every listener is bound: the pools start dialling right away.
-        let pools_stop = CancellationToken::new();
-        for (l, socket) in bound {
-            listeners.push((Pool::start(l, pools_stop.clone()), socket));
+        let admin = match config.admin {
+            Some(addr) => Some(bind("admin", addr).await?),
+            None => None,
+        };
+        let listeners: Vec<Bound> = sockets
+            .into_iter()
+            .map(|(l, socket)| {
+                announce(&l, &socket);
+                let pool_stop = CancellationToken::new();
+                let pool = Pool::start(l.clone(), pool_stop.clone(), metrics.listener(&l.name));
+                Bound {
+                    config: l,
+                    socket,
+                    pool,
+                    pool_stop,
+                }
+            })
+            .collect();
+        if let Some(a) = &admin {
+            tracing::info!(listen = %a.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()),
+                "admin endpoint: /metrics /healthz /readyz");
         }
+        let pools = Arc::new(Mutex::new(
+            listeners.iter().map(|b| b.pool.clone()).collect(),
+        ));
+        let (reload_tx, reload_rx) = mpsc::channel(4);
         Ok(Server {
             listeners,
             shutdown_grace: config.shutdown_grace,
-            pools_stop,
+            admin,
+            metrics,
+            pools,
+            reload_tx,
+            reload_rx,
         })
     }
 
-    /// Each listener's pool, in config order (for readiness, metrics and tests).
+    /// Each listener's current pool, in config order (for readiness, metrics and tests).
     pub fn pools(&self) -> Vec<Pool> {
-        self.listeners.iter().map(|(p, _)| p.clone()).collect()
+        self.listeners.iter().map(|b| b.pool.clone()).collect()
     }
 
     /// The bound address of each listener, in config order.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .map(|(p, s)| s.local_addr().unwrap_or(p.listener().listen))
+            .map(|b| b.socket.local_addr().unwrap_or(b.config.listen))
             .collect()
+    }
+
+    /// The bound admin address, if any.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|a| a.local_addr().ok())
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// A handle to reload the running server.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            tx: self.reload_tx.clone(),
+        }
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, lets open sessions run for up to
     /// `shutdown_grace`, and closes whatever is still open.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let stop_accepting = CancellationToken::new();
-        let end_sessions = CancellationToken::new();
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         let sessions = TaskTracker::new();
-        let mut acceptors = tokio::task::JoinSet::new();
-        for (pool, socket) in self.listeners {
-            acceptors.spawn(accept_loop(
-                pool,
-                socket,
-                sessions.clone(),
-                stop_accepting.clone(),
-                end_sessions.clone(),
-            ));
+        let end_sessions = CancellationToken::new();
+        let mut active: HashMap<String, Active> = HashMap::new();
+        for b in std::mem::take(&mut self.listeners) {
+            let a = Active::start(b, &sessions, &end_sessions);
+            active.insert(a.config.name.clone(), a);
         }
-        shutdown.await;
-        stop_accepting.cancel();
-        self.pools_stop.cancel();
-        while acceptors.join_next().await.is_some() {}
+        let admin_stop = CancellationToken::new();
+        if let Some(socket) = self.admin.take() {
+            let state = AdminState {
+                metrics: self.metrics.clone(),
+                pools: self.pools.clone(),
+            };
+            tokio::spawn(admin::serve(socket, state, admin_stop.clone()));
+        }
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(req) = self.reload_rx.recv() => {
+                    let result = match req.config {
+                        Ok(config) => self.apply(config, &mut active, &sessions, &end_sessions).await,
+                        Err(e) => Err(ReloadError::Config(e)),
+                    };
+                    self.metrics.reload(result.is_ok());
+                    match &result {
+                        Ok(()) => tracing::info!(listeners = active.len(), "configuration reloaded"),
+                        Err(e) => tracing::error!("reload rejected, the previous configuration keeps serving: {e}"),
+                    }
+                    let _ = req.done.send(result);
+                }
+            }
+        }
+        for a in active.values() {
+            a.stop();
+        }
         sessions.close();
         let grace = self.shutdown_grace;
         if !sessions.is_empty() {
@@ -110,7 +213,71 @@ impl Server {
             end_sessions.cancel();
             sessions.wait().await;
         }
+        admin_stop.cancel();
         tracing::info!("stopped");
+    }
+
+    /// Applies a new configuration; see [`Reloader::reload`].
+    async fn apply(
+        &mut self,
+        config: Config,
+        active: &mut HashMap<String, Active>,
+        sessions: &TaskTracker,
+        end_sessions: &CancellationToken,
+    ) -> Result<(), ReloadError> {
+        // First every new socket, so a failure leaves everything as it was.
+        let mut sockets = HashMap::new();
+        for l in &config.listeners {
+            let same_address = active
+                .get(&l.name)
+                .is_some_and(|a| a.config.listen == l.listen);
+            if !same_address {
+                sockets.insert(l.name.clone(), bind(&l.name, l.listen).await?);
+            }
+        }
+        let names: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();
+        active.retain(|name, a| {
+            let keep = names.contains(name);
+            if !keep {
+                tracing::info!(listener = %name, "listener removed; open sessions continue");
+                a.stop();
+            }
+            keep
+        });
+        let mut pools = Vec::with_capacity(config.listeners.len());
+        for l in config.listeners {
+            let l = Arc::new(l);
+            let pool_stop = CancellationToken::new();
+            let pool = Pool::start(l.clone(), pool_stop.clone(), self.metrics.listener(&l.name));
+            pools.push(pool.clone());
+            match sockets.remove(&l.name) {
+                // Same address: keep the socket (nothing in its backlog is lost), swap the
+                // pool; idle sessions made with the old settings go with the old pool.
+                None => {
+                    if let Some(a) = active.get_mut(&l.name) {
+                        warn_if_risky(&l, a.local);
+                        a.swap(l, pool, pool_stop);
+                    }
+                }
+                Some(socket) => {
+                    if let Some(old) = active.remove(&l.name) {
+                        old.stop();
+                    }
+                    announce(&l, &socket);
+                    let b = Bound {
+                        config: l,
+                        socket,
+                        pool,
+                        pool_stop,
+                    };
+                    let a = Active::start(b, sessions, end_sessions);
+                    active.insert(a.config.name.clone(), a);
+                }
+            }
+        }
+        *self.pools.lock().unwrap_or_else(|p| p.into_inner()) = pools;
+        self.shutdown_grace = config.shutdown_grace;
+        Ok(())
     }
 }
 
@@ -118,6 +285,64 @@ impl Server {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), BindError> {
     Server::bind(config).await?.run(shutdown).await;
     Ok(())
+}
+
+async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr).await.map_err(|source| BindError {
+        name: name.to_owned(),
+        addr,
+        source,
+    })
+}
+
+fn announce(l: &ListenerConfig, socket: &TcpListener) {
+    let local = socket.local_addr().unwrap_or(l.listen);
+    warn_if_risky(l, local);
+    tracing::info!(listener = %l.name, listen = %local, upstream = %l.upstream_list(),
+        auth = l.auth.is_some(), "listening");
+}
+
+/// A listener being served: its accept loop and the pool it hands clients to.
+struct Active {
+    config: Arc<ListenerConfig>,
+    local: SocketAddr,
+    pool_tx: watch::Sender<Pool>,
+    pool_stop: CancellationToken,
+    stop_accepting: CancellationToken,
+}
+
+impl Active {
+    fn start(b: Bound, sessions: &TaskTracker, end_sessions: &CancellationToken) -> Active {
+        let local = b.socket.local_addr().unwrap_or(b.config.listen);
+        let (pool_tx, pool_rx) = watch::channel(b.pool);
+        let stop_accepting = CancellationToken::new();
+        tokio::spawn(accept_loop(
+            b.config.name.clone(),
+            b.socket,
+            pool_rx,
+            sessions.clone(),
+            stop_accepting.clone(),
+            end_sessions.clone(),
+        ));
+        Active {
+            config: b.config,
+            local,
+            pool_tx,
+            pool_stop: b.pool_stop,
+            stop_accepting,
+        }
+    }
+
+    fn swap(&mut self, config: Arc<ListenerConfig>, pool: Pool, pool_stop: CancellationToken) {
+        self.pool_tx.send_replace(pool);
+        std::mem::replace(&mut self.pool_stop, pool_stop).cancel();
+        self.config = config;
+    }
+
+    fn stop(&self) {
+        self.stop_accepting.cancel();
+        self.pool_stop.cancel();
+    }
 }
 
 fn warn_if_risky(l: &ListenerConfig, local: SocketAddr) {
@@ -145,13 +370,13 @@ fn risks(l: &ListenerConfig, local: SocketAddr) -> Vec<String> {
 }
 
 async fn accept_loop(
-    pool: Pool,
+    name: String,
     socket: TcpListener,
+    pool: watch::Receiver<Pool>,
     sessions: TaskTracker,
     stop: CancellationToken,
     end_sessions: CancellationToken,
 ) {
-    let listener = pool.listener().clone();
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -161,11 +386,11 @@ async fn accept_loop(
         match accepted {
             Ok((client, peer)) => {
                 backoff = Duration::from_millis(5);
-                tracing::debug!(listener = %listener.name, client = %peer, "client connected");
-                let pool = pool.clone();
+                tracing::debug!(listener = %name, client = %peer, "client connected");
+                let pool = pool.borrow().clone();
                 let end = end_sessions.clone();
+                let name = name.clone();
                 sessions.spawn(async move {
-                    let name = pool.listener().name.clone();
                     tokio::select! {
                         _ = session::serve(client, peer, pool) => {}
                         _ = end.cancelled() => tracing::debug!(listener = %name,
@@ -176,7 +401,7 @@ async fn accept_loop(
             // Out of file descriptors or a similar passing condition: back off rather than
             // spin, and keep the listener (mini-redis does the same).
             Err(e) => {
-                tracing::warn!(listener = %listener.name, error = %e, retry_in = ?backoff, "accept failed");
+                tracing::warn!(listener = %name, error = %e, retry_in = ?backoff, "accept failed");
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}

@@ -7,7 +7,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -29,7 +32,9 @@ const LINGER: Duration = Duration::from_secs(5);
 
 /// Serves one accepted client to completion.
 pub async fn serve(mut client: TcpStream, peer: SocketAddr, pool: Pool) {
+    let accepted = Instant::now();
     let listener = pool.listener().clone();
+    let _counted = pool.metrics().client_guard();
     // Nagle would hold small replies back waiting for ACKs; RESP is request/response.
     let _ = client.set_nodelay(true);
     let up = match pool.checkout().await {
@@ -42,8 +47,8 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, pool: Pool) {
     };
     let upstream = up.peer;
     let result = match listener.protocol {
-        Protocol::Raw => forward_raw(&mut client, up).await,
-        Protocol::Resp => forward_resp(&mut client, up, &pool).await,
+        Protocol::Raw => forward_raw(&mut client, up, &pool, accepted).await,
+        Protocol::Resp => forward_resp(&mut client, up, &pool, accepted).await,
     };
     match result {
         Ok(end) => {
@@ -119,13 +124,24 @@ async fn linger(mut client: TcpStream) {
 /// `protocol = "raw"`: both directions copied independently. When one side finishes sending
 /// (EOF) the other is told with a half-close and the opposite direction keeps flowing; an error
 /// on either side ends both, since the session is then broken.
-async fn forward_raw(client: &mut TcpStream, up: Dialed) -> io::Result<End> {
+async fn forward_raw(
+    client: &mut TcpStream,
+    up: Dialed,
+    pool: &Pool,
+    accepted: Instant,
+) -> io::Result<End> {
+    let m = pool.metrics();
+    let mut first = Some((&m.first_reply, accepted));
     if !up.leftover.is_empty() {
         client.write_all(&up.leftover).await?;
+        first = None;
     }
     let (client_rd, client_wr) = client.split();
     let (up_rd, up_wr) = tokio::io::split(up.stream);
-    let (to_up, to_client) = tokio::try_join!(pipe(client_rd, up_wr), pipe(up_rd, client_wr))?;
+    let (to_up, to_client) = tokio::try_join!(
+        pipe(client_rd, up_wr, &m.to_upstream, None),
+        pipe(up_rd, client_wr, &m.to_client, first)
+    )?;
     Ok(End {
         to_up,
         to_client,
@@ -133,7 +149,13 @@ async fn forward_raw(client: &mut TcpStream, up: Dialed) -> io::Result<End> {
     })
 }
 
-async fn pipe<R, W>(mut from: R, mut to: W) -> io::Result<u64>
+/// Copies until EOF; `first` observes the time to the first byte forwarded.
+async fn pipe<R, W>(
+    mut from: R,
+    mut to: W,
+    bytes: &Counter,
+    mut first: Option<(&Histogram, Instant)>,
+) -> io::Result<u64>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -146,6 +168,10 @@ where
             n => n,
         };
         to.write_all(&buf[..n]).await?;
+        if let Some((h, t)) = first.take() {
+            h.observe(t.elapsed().as_secs_f64());
+        }
+        bytes.inc_by(n as u64);
         total += n as u64;
     }
     to.shutdown().await?;
@@ -181,8 +207,14 @@ enum ReplyEnd {
 /// `protocol = "resp"`: the same two independent directions, each through its half of the
 /// RESP engine, sharing the reply FIFO. A direction never waits for the other except through
 /// the FIFO, so a client that pipelines without reading behaves as it would against Redis.
-async fn forward_resp(client: &mut TcpStream, up: Dialed, pool: &Pool) -> io::Result<End> {
+async fn forward_resp(
+    client: &mut TcpStream,
+    up: Dialed,
+    pool: &Pool,
+    accepted: Instant,
+) -> io::Result<End> {
     let l = pool.listener();
+    let m = pool.metrics();
     let shared = Mutex::new(Shared {
         fifo: Fifo::default(),
         reply_boundary: true,
@@ -200,6 +232,7 @@ async fn forward_resp(client: &mut TcpStream, up: Dialed, pool: &Pool) -> io::Re
         leftover,
         role,
         created,
+        open,
     } = up;
     let (mut client_rd, mut client_wr) = client.split();
     let (mut up_rd, mut up_wr) = tokio::io::split(stream);
@@ -231,7 +264,7 @@ async fn forward_resp(client: &mut TcpStream, up: Dialed, pool: &Pool) -> io::Re
                     wake.notify_one();
                 }
             }
-            total += write_ops(&mut up_wr, &buf, &mut ops).await?;
+            total += write_ops(&mut up_wr, &buf, &mut ops, &m.to_upstream).await?;
             buf.advance(progress.consumed);
             if progress.stop {
                 tracing::debug!(listener = %name, "malformed client input; closing after the pending replies");
@@ -259,6 +292,7 @@ async fn forward_resp(client: &mut TcpStream, up: Dialed, pool: &Pool) -> io::Re
         let mut ops = Vec::new();
         let mut total = 0u64;
         let mut draining = false;
+        let mut first = Some(accepted);
         if !leftover.is_empty() {
             buf.extend_from_slice(&leftover);
         }
@@ -279,7 +313,7 @@ async fn forward_resp(client: &mut TcpStream, up: Dialed, pool: &Pool) -> io::Re
                             continue;
                         }
                         let close = replies.emit_ready(&mut lock(&shared).fifo, &mut ops);
-                        total += write_ops(&mut client_wr, &buf, &mut ops).await?;
+                        total += write_ops(&mut client_wr, &buf, &mut ops, &m.to_client).await?;
                         if close {
                             break ReplyEnd::Tunnel;
                         }
@@ -305,7 +339,13 @@ async fn forward_resp(client: &mut TcpStream, up: Dialed, pool: &Pool) -> io::Re
             for e in &progress.injected_errors {
                 tracing::warn!(listener = %name, "the server refused the tunnel's re-AUTH after RESET: {e}");
             }
-            total += write_ops(&mut client_wr, &buf, &mut ops).await?;
+            let written = write_ops(&mut client_wr, &buf, &mut ops, &m.to_client).await?;
+            if written > 0
+                && let Some(t) = first.take()
+            {
+                m.first_reply.observe(t.elapsed().as_secs_f64());
+            }
+            total += written;
             buf.clear();
             if progress.close {
                 break ReplyEnd::Tunnel;
@@ -338,6 +378,7 @@ async fn forward_resp(client: &mut TcpStream, up: Dialed, pool: &Pool) -> io::Re
             leftover: BytesMut::new(),
             role,
             created,
+            open,
         })),
     };
     Ok(End {
@@ -358,15 +399,17 @@ async fn write_ops<W: AsyncWrite + Unpin>(
     w: &mut W,
     buf: &[u8],
     ops: &mut Vec<Op>,
+    bytes: &Counter,
 ) -> io::Result<u64> {
     let mut total = 0;
     for op in ops.drain(..) {
-        let bytes: &[u8] = match &op {
+        let data: &[u8] = match &op {
             Op::Fwd(r) => &buf[r.clone()],
             Op::Bytes(b) => b,
         };
-        w.write_all(bytes).await?;
-        total += bytes.len() as u64;
+        w.write_all(data).await?;
+        total += data.len() as u64;
     }
+    bytes.inc_by(total);
     Ok(total)
 }

@@ -10,6 +10,7 @@ fn creds(user: Option<&str>, pass: &str) -> Credentials {
     Credentials {
         username: user.map(str::to_owned),
         password: Secret::new(pass),
+        file: None,
     }
 }
 

@@ -31,6 +31,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub shutdown_grace: Duration,
     pub listeners: Vec<ListenerConfig>,
+    /// `[admin] listen`: the HTTP endpoint for /metrics, /healthz, /readyz.
+    pub admin: Option<SocketAddr>,
 }
 
 /// One `[[listener]]`, with the top-level defaults already merged in.
@@ -149,6 +151,8 @@ pub enum ClientAuth {
 pub struct Credentials {
     pub username: Option<String>,
     pub password: Secret,
+    /// The `password_file` it was read from, watched for rotation.
+    pub file: Option<PathBuf>,
 }
 
 /// `host:port` of an upstream, kept as a name so DNS is resolved at every connect.
@@ -229,9 +233,29 @@ pub struct SingleListener {
     pub server_name: Option<String>,
     pub username: Option<String>,
     pub password_env: Option<String>,
+    pub admin: Option<String>,
 }
 
 impl Config {
+    /// The `password_file`s in use: a change to one (a rotated secret) triggers a reload.
+    pub fn secret_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self
+            .listeners
+            .iter()
+            .flat_map(|l| {
+                let client = match &l.client_auth {
+                    ClientAuth::Require(c) => c.file.clone(),
+                    _ => None,
+                };
+                [l.auth.as_ref().and_then(|a| a.file.clone()), client]
+            })
+            .flatten()
+            .collect();
+        files.sort();
+        files.dedup();
+        files
+    }
+
     /// Reads and validates a config file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -266,6 +290,9 @@ impl Config {
                     password_file: None,
                     password: None,
                 })
+            }),
+            admin: Some(RawAdmin {
+                listen: args.admin.clone().map(unspanned),
             }),
             listener: vec![unspanned(RawListener {
                 name: None,
@@ -307,8 +334,15 @@ struct RawConfig {
     auth: Option<Spanned<RawAuth>>,
     client_auth: Option<Spanned<RawClientAuth>>,
     pool: Option<RawPool>,
+    admin: Option<RawAdmin>,
     #[serde(default)]
     listener: Vec<Spanned<RawListener>>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -667,10 +701,24 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
             client_auth,
         });
     }
+    let admin = match raw.admin.as_ref().and_then(|a| a.listen.as_ref()) {
+        None => None,
+        Some(a) => Some(a.get_ref().trim().parse::<SocketAddr>().map_err(|_| {
+            src.invalid(
+                &a.span(),
+                "admin.listen",
+                format!(
+                    "`{}` is not an IP:port address, e.g. 127.0.0.1:9121",
+                    a.get_ref()
+                ),
+            )
+        })?),
+    };
     Ok(Config {
         connect_timeout,
         shutdown_grace,
         listeners,
+        admin,
     })
 }
 
@@ -942,6 +990,7 @@ fn credentials(
     Ok(Credentials {
         username,
         password: Secret::new(password),
+        file: a.password_file.as_ref().map(|f| f.get_ref().clone()),
     })
 }
 

@@ -30,16 +30,22 @@ pub enum Stage {
     Ping,
 }
 
-impl fmt::Display for Stage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
             Stage::Dns => "dns",
             Stage::Connect => "connect",
             Stage::Tls => "tls",
             Stage::Auth => "auth",
             Stage::Role => "role",
             Stage::Ping => "ping",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -65,6 +71,8 @@ pub struct Dialed {
     /// What `ROLE` said, when it was asked.
     pub role: Option<String>,
     pub created: Instant,
+    /// Counts this session in `ectunnel_upstream_sessions_open` while it lives.
+    pub open: Option<crate::metrics::GaugeGuard>,
 }
 
 /// Dials the listener's upstream. DNS is resolved here, every time, never cached: the primary
@@ -170,6 +178,7 @@ async fn dial_candidate(
             leftover,
             role,
             created: Instant::now(),
+            open: None,
         });
     }
     Err(last.unwrap_or_else(|| fail(Stage::Connect, "no address could be reached".into())))

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::dial::{DialError, Dialed, Stage, dial};
 use crate::config::{ListenerConfig, Role};
+use crate::metrics::ListenerMetrics;
 use crate::resp::{self, Line};
 
 /// How often the node a `role` listener uses is re-checked.
@@ -57,11 +58,20 @@ struct Inner {
     epoch: watch::Sender<Epoch>,
     reset_unsupported: AtomicBool,
     stop: CancellationToken,
+    metrics: ListenerMetrics,
+    /// A dial has succeeded at least once.
+    reached: AtomicBool,
+    /// The pool has held `min_idle` ready sessions at least once.
+    filled: AtomicBool,
 }
 
 impl Pool {
     /// Creates the pool and starts its maintainer, which dials `min_idle` sessions right away.
-    pub fn start(l: Arc<ListenerConfig>, stop: CancellationToken) -> Pool {
+    pub fn start(
+        l: Arc<ListenerConfig>,
+        stop: CancellationToken,
+        metrics: ListenerMetrics,
+    ) -> Pool {
         let pool = Pool {
             inner: Arc::new(Inner {
                 l,
@@ -72,6 +82,9 @@ impl Pool {
                 epoch: watch::Sender::new(Epoch::default()),
                 reset_unsupported: AtomicBool::new(false),
                 stop,
+                metrics,
+                reached: AtomicBool::new(false),
+                filled: AtomicBool::new(false),
             }),
         };
         tokio::spawn(maintain(pool.clone()));
@@ -85,6 +98,67 @@ impl Pool {
     /// Sessions ready now.
     pub fn idle_count(&self) -> usize {
         lock(&self.inner.idle).len()
+    }
+
+    pub fn metrics(&self) -> &ListenerMetrics {
+        &self.inner.metrics
+    }
+
+    /// Brings the idle gauge up to date (read at scrape time rather than on every change).
+    pub fn refresh_gauges(&self) {
+        let n = self.idle_count();
+        self.inner
+            .metrics
+            .upstream_idle
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Ready when the upstream has been reached at least once and the pool has held
+    /// `min_idle` sessions; otherwise why not, for `/readyz`.
+    pub fn readiness(&self) -> Result<(), String> {
+        let inner = &self.inner;
+        if !inner.reached.load(Ordering::Relaxed) {
+            let why = lock(&inner.failing)
+                .as_ref()
+                .map_or_else(|| "no attempt finished yet".to_owned(), |e| e.to_string());
+            return Err(format!("upstream not reached yet: {why}"));
+        }
+        if !inner.filled.load(Ordering::Relaxed) {
+            return Err(format!(
+                "{} of {} pooled sessions ready",
+                self.idle_count(),
+                inner.l.pool.min_idle
+            ));
+        }
+        Ok(())
+    }
+
+    /// Dials and counts: result, duration, the certificate's expiry, the open session.
+    async fn dial(&self) -> Result<Dialed, DialError> {
+        let m = &self.inner.metrics;
+        let started = Instant::now();
+        match dial(&self.inner.l).await {
+            Ok(mut s) => {
+                m.dial(None);
+                m.handshake.observe(started.elapsed().as_secs_f64());
+                self.inner.reached.store(true, Ordering::Relaxed);
+                let conn = &s.stream.get_ref().1;
+                if conn.handshake_kind() != Some(rustls::HandshakeKind::Resumed)
+                    && let Some(t) = conn
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|c| crate::tls::not_after(c))
+                {
+                    m.cert_expiry(&self.inner.l.upstreams[s.candidate].addr.to_string(), t);
+                }
+                s.open = Some(m.upstream_guard());
+                Ok(s)
+            }
+            Err(e) => {
+                m.dial(Some(e.stage));
+                Err(e)
+            }
+        }
     }
 
     /// The node sessions should be on; changes on failover.
@@ -110,7 +184,7 @@ impl Pool {
         if let Some(e) = lock(&self.inner.failing).clone() {
             return Err(e);
         }
-        dial(&self.inner.l).await
+        self.dial().await
     }
 
     /// A session saw `-READONLY` / `-UNBLOCKED … master -> replica`: re-check the role now.
@@ -139,6 +213,7 @@ impl Pool {
                 if idle.len() < l.pool.max_idle {
                     tracing::debug!(listener = %l.name, peer = %s.peer, "session reset and back in the pool");
                     idle.push(s);
+                    self.inner.metrics.reused.inc();
                 }
             }
             Ok(Err(ResetError::Unsupported(e))) => {
@@ -214,14 +289,22 @@ async fn maintain(pool: Pool) {
     let mut backoff = BACKOFF_MIN;
     let mut next_health = Instant::now() + l.pool.health_interval;
     let mut next_role = Instant::now();
+    if l.pool.min_idle == 0 {
+        // Nothing to keep ready, but readiness means the upstream was reached once.
+        let _ = pool.dial().await;
+    }
     loop {
         if inner.stop.is_cancelled() {
             lock(&inner.idle).clear();
             return;
         }
         // Keep min_idle sessions ready.
-        if lock(&inner.idle).len() < l.pool.min_idle {
-            match dial(&l).await {
+        let ready = lock(&inner.idle).len();
+        if ready >= l.pool.min_idle && inner.reached.load(Ordering::Relaxed) {
+            inner.filled.store(true, Ordering::Relaxed);
+        }
+        if ready < l.pool.min_idle {
+            match pool.dial().await {
                 Ok(s) => {
                     if lock(&inner.failing).take().is_some() {
                         tracing::info!(listener = %l.name, upstream = %l.upstream_list(), "upstream reachable again");
@@ -286,8 +369,11 @@ fn note_node(pool: &Pool, peer: SocketAddr) {
         return;
     }
     match old {
-        Some(old) => tracing::warn!(listener = %inner.l.name, %old, new = %peer,
-            "{} moved; draining sessions on the old node", inner.l.role),
+        Some(old) => {
+            inner.metrics.failovers.inc();
+            tracing::warn!(listener = %inner.l.name, %old, new = %peer,
+                "{} moved; draining sessions on the old node", inner.l.role)
+        }
         None => tracing::info!(listener = %inner.l.name, node = %peer, "{} found", inner.l.role),
     }
     lock(&inner.idle).retain(|s| s.peer == peer);
@@ -325,7 +411,7 @@ async fn check_role(pool: &Pool) {
             }
         }
     }
-    match dial(l).await {
+    match pool.dial().await {
         Ok(s) => {
             note_node(pool, s.peer);
             let mut idle = lock(&inner.idle);

@@ -1,0 +1,255 @@
+//! Prometheus metrics (prometheus-client), one registry per [`crate::Server`], per-listener
+//! handles resolved once so the data path only does atomic adds.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::upstream::Stage;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DialLabels {
+    listener: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BytesLabels {
+    listener: String,
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertLabels {
+    listener: String,
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabel {
+    result: &'static str,
+}
+
+type Histograms = Family<ListenerLabel, Histogram, fn() -> Histogram>;
+
+/// Every metric the tunnel exports; names are prefixed `ectunnel_` and documented in the README.
+pub struct Metrics {
+    registry: Registry,
+    clients_open: Family<ListenerLabel, Gauge>,
+    clients: Family<ListenerLabel, Counter>,
+    upstream_open: Family<ListenerLabel, Gauge>,
+    upstream_idle: Family<ListenerLabel, Gauge>,
+    dials: Family<DialLabels, Counter>,
+    handshake: Histograms,
+    first_reply: Histograms,
+    bytes: Family<BytesLabels, Counter>,
+    reused: Family<ListenerLabel, Counter>,
+    failovers: Family<ListenerLabel, Counter>,
+    cert_expiry: Family<CertLabels, Gauge>,
+    reloads: Family<ReloadLabel, Counter>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs … ~3.3 s: loopback round trips up to slow cross-region handshakes.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 17))
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("ectunnel");
+        let m = Metrics {
+            clients_open: Family::default(),
+            clients: Family::default(),
+            upstream_open: Family::default(),
+            upstream_idle: Family::default(),
+            dials: Family::default(),
+            handshake: Family::new_with_constructor(latency_histogram),
+            first_reply: Family::new_with_constructor(latency_histogram),
+            bytes: Family::default(),
+            reused: Family::default(),
+            failovers: Family::default(),
+            cert_expiry: Family::default(),
+            reloads: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "client_connections_open",
+            "Client connections open now",
+            m.clients_open.clone(),
+        );
+        registry.register(
+            "client_connections",
+            "Client connections accepted",
+            m.clients.clone(),
+        );
+        registry.register(
+            "upstream_sessions_open",
+            "Upstream TLS sessions open now, idle in the pool or serving a client",
+            m.upstream_open.clone(),
+        );
+        registry.register(
+            "upstream_sessions_idle",
+            "Upstream sessions idle in the pool",
+            m.upstream_idle.clone(),
+        );
+        registry.register(
+            "dials",
+            "Upstream dials by result: ok, or the stage that failed (dns, connect, tls, auth, role)",
+            m.dials.clone(),
+        );
+        registry.register(
+            "handshake_seconds",
+            "Time to dial an upstream session: DNS, TCP, TLS, AUTH (and ROLE)",
+            m.handshake.clone(),
+        );
+        registry.register(
+            "first_reply_seconds",
+            "Time from accepting a client to the first byte of its first reply",
+            m.first_reply.clone(),
+        );
+        registry.register(
+            "bytes",
+            "Bytes forwarded, by direction (to_upstream, to_client)",
+            m.bytes.clone(),
+        );
+        registry.register(
+            "sessions_reused",
+            "Upstream sessions returned to the pool after RESET + AUTH",
+            m.reused.clone(),
+        );
+        registry.register(
+            "failovers",
+            "Moves of the node with the configured role",
+            m.failovers.clone(),
+        );
+        registry.register(
+            "upstream_cert_expiry_timestamp_seconds",
+            "notAfter of the upstream's TLS certificate, Unix time",
+            m.cert_expiry.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration reloads by result (ok, error)",
+            m.reloads.clone(),
+        );
+        Arc::new(Metrics { registry, ..m })
+    }
+
+    /// The metrics in Prometheus/OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Handles for one listener, resolved once.
+    pub fn listener(self: &Arc<Self>, name: &str) -> ListenerMetrics {
+        let l = ListenerLabel {
+            listener: name.to_owned(),
+        };
+        let bytes = |direction| {
+            self.bytes
+                .get_or_create(&BytesLabels {
+                    listener: name.to_owned(),
+                    direction,
+                })
+                .clone()
+        };
+        ListenerMetrics {
+            name: name.to_owned(),
+            clients_open: self.clients_open.get_or_create(&l).clone(),
+            clients: self.clients.get_or_create(&l).clone(),
+            upstream_open: self.upstream_open.get_or_create(&l).clone(),
+            upstream_idle: self.upstream_idle.get_or_create(&l).clone(),
+            handshake: self.handshake.get_or_create(&l).clone(),
+            first_reply: self.first_reply.get_or_create(&l).clone(),
+            to_upstream: bytes("to_upstream"),
+            to_client: bytes("to_client"),
+            reused: self.reused.get_or_create(&l).clone(),
+            failovers: self.failovers.get_or_create(&l).clone(),
+            all: self.clone(),
+        }
+    }
+
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.reloads.get_or_create(&ReloadLabel { result }).inc();
+    }
+}
+
+/// One listener's metrics.
+#[derive(Clone)]
+pub struct ListenerMetrics {
+    name: String,
+    pub clients_open: Gauge,
+    pub clients: Counter,
+    pub upstream_open: Gauge,
+    pub upstream_idle: Gauge,
+    pub handshake: Histogram,
+    pub first_reply: Histogram,
+    pub to_upstream: Counter,
+    pub to_client: Counter,
+    pub reused: Counter,
+    pub failovers: Counter,
+    all: Arc<Metrics>,
+}
+
+impl ListenerMetrics {
+    /// Counts a dial: `None` for success, else the stage that failed.
+    pub fn dial(&self, failed: Option<Stage>) {
+        let result = match failed {
+            None => "ok",
+            Some(s) => s.as_str(),
+        };
+        self.all
+            .dials
+            .get_or_create(&DialLabels {
+                listener: self.name.clone(),
+                result,
+            })
+            .inc();
+    }
+
+    pub fn cert_expiry(&self, upstream: &str, not_after_unix: i64) {
+        self.all
+            .cert_expiry
+            .get_or_create(&CertLabels {
+                listener: self.name.clone(),
+                upstream: upstream.to_owned(),
+            })
+            .set(not_after_unix);
+    }
+
+    /// Counts one open upstream session until the guard is dropped.
+    pub fn upstream_guard(&self) -> GaugeGuard {
+        self.upstream_open.inc();
+        GaugeGuard(self.upstream_open.clone())
+    }
+
+    /// Counts one open client connection until the guard is dropped.
+    pub fn client_guard(&self) -> GaugeGuard {
+        self.clients.inc();
+        self.clients_open.inc();
+        GaugeGuard(self.clients_open.clone())
+    }
+}
+
+/// Decrements its gauge when dropped, so every exit path is counted.
+pub struct GaugeGuard(Gauge);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
