@@ -228,9 +228,10 @@ impl Server {
         // First every new socket, so a failure leaves everything as it was.
         let mut sockets = HashMap::new();
         for l in &config.listeners {
+            // Port 0 in the old config means "whatever was bound": the bound address counts.
             let same_address = active
                 .get(&l.name)
-                .is_some_and(|a| a.config.listen == l.listen);
+                .is_some_and(|a| a.config.listen == l.listen || a.local == l.listen);
             if !same_address {
                 sockets.insert(l.name.clone(), bind(&l.name, l.listen).await?);
             }

@@ -201,6 +201,8 @@ where
 pub struct Tunnel {
     pub addrs: Vec<SocketAddr>,
     pub pools: Vec<ectunnel::upstream::Pool>,
+    pub admin: Option<SocketAddr>,
+    pub reloader: ectunnel::server::Reloader,
     stop: Option<oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<()>>,
 }
@@ -211,6 +213,8 @@ impl Tunnel {
         let server = ectunnel::Server::bind(config).await.expect("bind");
         let addrs = server.local_addrs();
         let pools = server.pools();
+        let admin = server.admin_addr();
+        let reloader = server.reloader();
         let (tx, rx) = oneshot::channel::<()>();
         let done = tokio::spawn(server.run(async {
             let _ = rx.await;
@@ -218,6 +222,8 @@ impl Tunnel {
         Tunnel {
             addrs,
             pools,
+            admin,
+            reloader,
             stop: Some(tx),
             done: Some(done),
         }
@@ -451,4 +457,20 @@ pub fn run_bin(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// `GET path` over HTTP/1.0 (the test's side only): (status code, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = connect(addr).await;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let text = read_to_close(&mut s).await.unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_owned())
 }
