@@ -218,3 +218,23 @@ async fn check_connect_reports_every_listener_and_fails_if_one_does() {
         "without --connect only the config is checked: {out}"
     );
 }
+
+#[test]
+fn convert_stunnel_turns_the_guides_recipe_into_a_valid_config() {
+    // tests/data/redis-cli.conf is the guide's redis-cli.conf exactly as printed there: on one line.
+    let guide = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/redis-cli.conf");
+    let (code, toml, err) = run_bin(&["convert-stunnel", guide], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(toml.contains("stunnel verified nothing here"), "{toml}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_config(dir.path(), &toml);
+    let (code, out, err) = run_bin(&["check", "-c", &file], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("redis-cli  listen=127.0.0.1:6379 upstream=master.ssltest.wif01h.use1.cache.amazonaws.com:6379"), "{out}");
+    assert!(
+        out.contains("redis-cli-slave  listen=127.0.0.1:6380"),
+        "{out}"
+    );
+    let (code, _, err) = run_bin(&["convert-stunnel", "/nonexistent/stunnel.conf"], &[]);
+    assert_eq!(code, 2, "{err}");
+}
