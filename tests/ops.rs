@@ -267,6 +267,22 @@ async fn reload_adds_and_removes_listeners_and_rejects_bad_configs() {
     assert_eq!(get(&m, "ectunnel_config_reloads_total{result=error}"), 1.0);
 }
 
+/// A config file whose `[auth]` reads `secret` (holding `token`) from a password_file.
+fn password_file_config(
+    pki: &Pki,
+    redis: &Redis,
+    token: &str,
+    pool: &str,
+) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("redis-auth");
+    std::fs::write(&secret, token).unwrap();
+    let file = dir.path().join("ectunnel.toml");
+    let auth = format!("[auth]\npassword_file = \"{}\"", secret.display());
+    std::fs::write(&file, config(pki, redis.port, &auth, pool)).unwrap();
+    (dir, secret, file)
+}
+
 #[tokio::test]
 async fn sighup_rotates_the_token_without_dropping_open_sessions() {
     let pki = pki(&["localhost"]);
@@ -284,16 +300,12 @@ async fn sighup_rotates_the_token_without_dropping_open_sessions() {
             "+@all",
         ],
     );
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("redis-auth");
-    std::fs::write(&secret, "old-token-0000000000\n").unwrap();
-    let file = dir.path().join("ectunnel.toml");
-    let auth = format!("[auth]\npassword_file = \"{}\"", secret.display());
-    std::fs::write(
-        &file,
-        config(&pki, redis.port, &auth, "[listener.pool]\nmin_idle = 1\n"),
-    )
-    .unwrap();
+    let (dir, secret, file) = password_file_config(
+        &pki,
+        &redis,
+        "old-token-0000000000\n",
+        "[listener.pool]\nmin_idle = 1\n",
+    );
     let notify_path = dir.path().join("notify.sock");
     let notify_sock = UnixDatagram::bind(&notify_path).unwrap();
     notify_sock.set_read_timeout(Some(WAIT)).unwrap();
@@ -378,21 +390,12 @@ async fn a_rotated_password_file_reloads_by_itself() {
             "+@all",
         ],
     );
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("redis-auth");
-    std::fs::write(&secret, "first-token-000000000").unwrap();
-    let file = dir.path().join("ectunnel.toml");
-    let auth = format!("[auth]\npassword_file = \"{}\"", secret.display());
-    std::fs::write(
-        &file,
-        config(
-            &pki,
-            redis.port,
-            &auth,
-            "[listener.pool]\nmin_idle = 0\nreuse = false\n",
-        ),
-    )
-    .unwrap();
+    let (_dir, secret, file) = password_file_config(
+        &pki,
+        &redis,
+        "first-token-000000000",
+        "[listener.pool]\nmin_idle = 0\nreuse = false\n",
+    );
     let mut bin = Bin::spawn(&["-c", &path_str(&file)], &[]);
     let addr = bin.listen_addr();
     let mut c = connect(addr).await;

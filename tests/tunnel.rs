@@ -103,8 +103,8 @@ async fn two_listeners_reach_their_own_upstreams() {
     assert_eq!(roundtrip(&mut cb, &cmd(&["GET", "who"])).await, "$-1\r\n");
 }
 
-#[tokio::test]
-async fn a_wrong_token_is_explained_to_the_client() {
+/// A tunnel in front of a server that will refuse the tunnel's token.
+async fn wrong_token_tunnel() -> (Pki, Redis, String, Tunnel) {
     let pki = pki(&["localhost"]);
     let redis = Redis::start(&pki, &["--requirepass", TOKEN]);
     let upstream = format!("localhost:{}", redis.port);
@@ -114,6 +114,12 @@ async fn a_wrong_token_is_explained_to_the_client() {
         "password = \"not-the-token-000000\"",
     ))
     .await;
+    (pki, redis, upstream, tunnel)
+}
+
+#[tokio::test]
+async fn a_wrong_token_is_explained_to_the_client() {
+    let (_pki, _redis, upstream, tunnel) = wrong_token_tunnel().await;
     let mut c = connect(tunnel.addr()).await;
     assert_eq!(
         read_to_close(&mut c).await.unwrap(),
@@ -125,15 +131,7 @@ async fn a_wrong_token_is_explained_to_the_client() {
 
 #[tokio::test]
 async fn the_error_survives_client_writes_before_and_after_the_failure() {
-    let pki = pki(&["localhost"]);
-    let redis = Redis::start(&pki, &["--requirepass", TOKEN]);
-    let upstream = format!("localhost:{}", redis.port);
-    let tunnel = Tunnel::start(&with_auth(
-        &upstream,
-        &pki,
-        "password = \"not-the-token-000000\"",
-    ))
-    .await;
+    let (_pki, _redis, upstream, tunnel) = wrong_token_tunnel().await;
     let expected = format!("-ERR ectunnel: auth {upstream}: WRONGPASS");
 
     // A client that writes at once (`redis-cli GET k`): its bytes are unread when the dial
