@@ -110,6 +110,7 @@ fn probe(
             .write_all(&cmd)
             .await
             .map_err(|e| fail(e.to_string()))?;
+        stream.flush().await.map_err(|e| fail(e.to_string()))?;
         let reply = resp::read_line(&mut stream, &mut leftover)
             .await
             .map_err(|e| fail(e.to_string()))?;

@@ -117,8 +117,8 @@ struct SourceArgs {
         requires = "listen"
     )]
     password_env: Option<String>,
-    /// One-listener mode: serve /metrics, /healthz, /readyz on this address.
-    #[arg(long, value_name = "ADDR", env = "ECTUNNEL_ADMIN", requires = "listen")]
+    /// Serve /metrics, /healthz, /readyz on this address (overrides the file's [admin]).
+    #[arg(long, value_name = "ADDR", env = "ECTUNNEL_ADMIN")]
     admin: Option<String>,
 }
 
@@ -193,11 +193,13 @@ fn execute(config: Config, file: Option<PathBuf>, check: Option<bool>) -> anyhow
             });
         }
         let secrets = config.secret_files();
+        // Before READY=1: from then on `systemctl reload` may send SIGHUP at any moment, and
+        // its default action would end the process.
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot install the SIGHUP handler")?;
         let server = Server::bind(config).await?;
+        tokio::spawn(reload_on_demand(file, secrets, server.reloader(), hup));
         notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
-        if let Some(file) = file {
-            tokio::spawn(reload_on_demand(file, secrets, server.reloader()));
-        }
         if let Some(period) = sd_notify::watchdog_enabled() {
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(period / 2);
@@ -228,13 +230,19 @@ fn notify(states: &[NotifyState<'_>]) {
 
 /// Reloads on SIGHUP, and when a `password_file` changes (a rotated secret), re-reading the
 /// config file each time. An invalid file is reported and the running config stays.
-async fn reload_on_demand(file: PathBuf, mut secrets: Vec<PathBuf>, reloader: Reloader) {
-    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload by SIGHUP is off");
-            return;
+async fn reload_on_demand(
+    file: Option<PathBuf>,
+    mut secrets: Vec<PathBuf>,
+    reloader: Reloader,
+    mut hup: tokio::signal::unix::Signal,
+) {
+    let Some(file) = file else {
+        while hup.recv().await.is_some() {
+            tracing::info!(
+                "SIGHUP received; nothing to reload: the configuration comes from flags"
+            );
         }
+        return;
     };
     let mut seen = fingerprint(&secrets);
     let mut poll = tokio::time::interval(SECRET_POLL);
@@ -332,7 +340,15 @@ fn load(source: &SourceArgs, file: Option<&Path>) -> Result<Config, ConfigError>
             admin: source.admin.clone(),
         });
     }
-    Config::from_file(file.ok_or(ConfigError::Missing)?)
+    let mut config = Config::from_file(file.ok_or(ConfigError::Missing)?)?;
+    if let Some(admin) = &source.admin {
+        config.admin = Some(admin.trim().parse().map_err(|_| ConfigError::Invalid {
+            origin: "command line".into(),
+            key: "--admin".into(),
+            message: format!("`{admin}` is not an IP:port address, e.g. 127.0.0.1:9121"),
+        })?);
+    }
+    Ok(config)
 }
 
 fn init_logging(args: &LogArgs) {

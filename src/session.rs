@@ -19,12 +19,15 @@ use tokio::sync::Notify;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Protocol;
+use crate::config::{Protocol, Role};
 use crate::resp::engine::{Entry, Fifo, Op, Replies, Requests};
 use crate::upstream::{DialError, Dialed, Pool};
 
 /// Read buffer per direction. 16 KiB holds a full TLS record, so one read drains one record.
 const BUF_SIZE: usize = 16 * 1024;
+
+/// Entries in the reply FIFO beyond which the client is not read until replies drain.
+const MAX_PENDING: usize = 4096;
 
 /// How long a closed client's connection is kept half-open to drain its input, so that our
 /// last reply is not destroyed by a reset when the client writes after it.
@@ -168,6 +171,9 @@ where
             n => n,
         };
         to.write_all(&buf[..n]).await?;
+        // A TLS writer may keep encrypted bytes back when the socket is full; nothing else
+        // would push them out while we wait for more input.
+        to.flush().await?;
         if let Some((h, t)) = first.take() {
             h.observe(t.elapsed().as_secs_f64());
         }
@@ -191,6 +197,8 @@ struct Shared {
     fifo: Fifo,
     /// The reply side is between frames.
     reply_boundary: bool,
+    /// The reply side lost track of replies; the request side must stop injecting.
+    reply_opaque: bool,
 }
 
 /// How the reply direction ended.
@@ -218,7 +226,10 @@ async fn forward_resp(
     let shared = Mutex::new(Shared {
         fifo: Fifo::default(),
         reply_boundary: true,
+        reply_opaque: false,
     });
+    // Signalled by the reply side as it frees FIFO room.
+    let room = Notify::new();
     let wake = Notify::new();
     let client_left_clean = AtomicBool::new(false);
     let stop_requests = CancellationToken::new();
@@ -247,6 +258,17 @@ async fn forward_resp(
             if buf.capacity() - buf.len() < BUF_SIZE / 4 {
                 buf.reserve(BUF_SIZE);
             }
+            // Backpressure: a client that sends without reading stops being read once the
+            // replies (and the tunnel's own answers) owed to it pile up.
+            while lock(&shared).fifo.len() > MAX_PENDING {
+                tokio::select! {
+                    _ = room.notified() => {}
+                    _ = stop_requests.cancelled() => return Ok(total),
+                }
+            }
+            if lock(&shared).reply_opaque {
+                requests.set_opaque();
+            }
             let n = tokio::select! {
                 r = client_rd.read_buf(&mut buf) => r?,
                 _ = stop_requests.cancelled() => return Ok(total),
@@ -265,9 +287,13 @@ async fn forward_resp(
                 }
             }
             total += write_ops(&mut up_wr, &buf, &mut ops, &m.to_upstream).await?;
+            up_wr.flush().await?;
             buf.advance(progress.consumed);
             if progress.stop {
+                // Nothing more is read from this client. The server answers what it got and,
+                // seeing EOF (even mid-frame), closes; the error is sent after those replies.
                 tracing::debug!(listener = %name, "malformed client input; closing after the pending replies");
+                up_wr.shutdown().await?;
                 return Ok(total);
             }
         }
@@ -276,7 +302,7 @@ async fn forward_resp(
         // would, so the replies still owed are delivered.
         let clean = reuse && requests.at_clean_boundary() && {
             let s = lock(&shared);
-            s.fifo.is_empty() && s.reply_boundary
+            s.fifo.is_empty() && s.reply_boundary && !s.reply_opaque
         };
         if clean {
             client_left_clean.store(true, Ordering::Release);
@@ -301,7 +327,11 @@ async fn forward_resp(
                 tokio::select! {
                     r = up_rd.read_buf(&mut buf) => {
                         if read_or_eof(r)? == 0 {
-                            break ReplyEnd::Eof;
+                            // Replies owed will not come; the tunnel's own still go out.
+                            let close = replies.at_eof(&mut lock(&shared).fifo, &mut ops);
+                            total += write_ops(&mut client_wr, &buf, &mut ops, &m.to_client).await?;
+                            room.notify_one();
+                            break if close { ReplyEnd::Tunnel } else { ReplyEnd::Eof };
                         }
                         continue;
                     }
@@ -313,6 +343,7 @@ async fn forward_resp(
                             continue;
                         }
                         let close = replies.emit_ready(&mut lock(&shared).fifo, &mut ops);
+                        room.notify_one();
                         total += write_ops(&mut client_wr, &buf, &mut ops, &m.to_client).await?;
                         if close {
                             break ReplyEnd::Tunnel;
@@ -334,8 +365,10 @@ async fn forward_resp(
                 let mut s = lock(&shared);
                 let p = replies.process(&buf, &mut s.fifo, &mut ops);
                 s.reply_boundary = replies.at_boundary();
+                s.reply_opaque = replies.is_opaque();
                 p
             };
+            room.notify_one();
             for e in &progress.injected_errors {
                 tracing::warn!(listener = %name, "the server refused the tunnel's re-AUTH after RESET: {e}");
             }
@@ -350,7 +383,9 @@ async fn forward_resp(
             if progress.close {
                 break ReplyEnd::Tunnel;
             }
-            if progress.demoted {
+            // Only a primary can be demoted under us; a replica (or a reader endpoint) answers
+            // writes with READONLY as a matter of course.
+            if progress.demoted && l.role == Role::Primary {
                 tracing::info!(listener = %name, %peer, "the node answered as a replica; closing this session");
                 pool.demoted();
                 draining = true;

@@ -140,6 +140,10 @@ fn require_demands_the_tunnels_password_before_forwarding_anything() {
     );
     assert_eq!(up, [cmd(&["RESET"]), cmd(&["AUTH", "up"])].concat());
     assert_eq!(client, b"+RESET\r\n-NOAUTH Authentication required.\r\n");
+    // A HELLO the tunnel cannot parse is not forwarded before authentication either.
+    let (up, client) = exchange(&mut s, &cmd(&["HELLO", "3", "BOGUS"]), b"");
+    assert!(up.is_empty());
+    assert!(client.starts_with(b"-NOAUTH HELLO must be called"));
     // HELLO AUTH with the right user and password authenticates and is forwarded without AUTH.
     let (up, _) = exchange(
         &mut s,

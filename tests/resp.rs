@@ -233,3 +233,21 @@ async fn raw_protocol_is_a_plain_byte_pipe() {
         "-NOAUTH Authentication required.\r\n"
     );
 }
+
+#[tokio::test]
+async fn malformed_input_in_the_middle_of_a_streamed_command_still_gets_its_error() {
+    let (_pki, _redis, tunnel) = setup("").await;
+    let mut c = connect(tunnel.addr()).await;
+    // The SET starts streaming upstream as soon as its name is known...
+    c.write_all(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n")
+        .await
+        .unwrap();
+    let mut good = connect(tunnel.addr()).await;
+    assert_eq!(roundtrip(&mut good, &cmd(&["PING"])).await, "+PONG\r\n"); // a round trip's delay
+    // ...then its last argument is not a bulk string.
+    c.write_all(b":5\r\n").await.unwrap();
+    assert_eq!(
+        read_to_close(&mut c).await.unwrap(),
+        "-ERR ectunnel: protocol error: expected '$', got ':'\r\n"
+    );
+}

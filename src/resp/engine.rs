@@ -57,9 +57,9 @@ fn forward(ops: &mut Vec<Op>, r: Range<usize>) {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
     /// The next `n` replies are the client's.
-    Client(u32),
+    Client(u64),
     /// The next `n` replies answer commands the tunnel injected: not for the client.
-    Swallow(u32),
+    Swallow(u64),
     /// The tunnel's own reply to a client command it did not forward.
     Synthetic(Bytes),
     /// From here on replies no longer pair with requests: forward raw, inject nothing.
@@ -98,10 +98,16 @@ impl Fifo {
         self.q
             .iter()
             .map(|e| match e {
-                Entry::Client(n) | Entry::Swallow(n) => u64::from(*n),
+                Entry::Client(n) | Entry::Swallow(n) => *n,
                 _ => 0,
             })
             .sum()
+    }
+
+    /// Entries queued; the request side stops reading from the client while there are too
+    /// many, so a client that never reads cannot grow this without bound.
+    pub fn len(&self) -> usize {
+        self.q.len()
     }
 
     fn head(&self) -> Option<&Entry> {
@@ -162,6 +168,12 @@ impl Requests {
     /// No reply accounting any more: everything is forwarded as is.
     pub fn is_opaque(&self) -> bool {
         self.opaque
+    }
+
+    /// The reply side lost track (an unexpected or unparseable reply): stop injecting and
+    /// inspecting here too, from the next frame on.
+    pub fn set_opaque(&mut self) {
+        self.opaque = true;
     }
 
     /// Bytes of a frame currently held back.
@@ -365,6 +377,9 @@ impl Requests {
             }
             Cmd::Hello if !matches!(self.policy, ClientAuth::Passthrough) => {
                 let Some(hello) = all_args().as_deref().and_then(command::parse_hello) else {
+                    if require && !self.authed {
+                        return synth(entries, HELLO_NOAUTH);
+                    }
                     entries.push(Entry::Client(1)); // malformed: the server explains
                     return forward(ops, r);
                 };
@@ -609,6 +624,22 @@ impl Replies {
                 }
             }
         }
+    }
+
+    /// The server closed: replies still owed will never come, but the tunnel's own queued
+    /// replies (a protocol error above all) are still sent, in order. Returns true on `Close`.
+    pub fn at_eof(&mut self, fifo: &mut Fifo, ops: &mut Vec<Op>) -> bool {
+        while let Some(e) = fifo.q.pop_front() {
+            match e {
+                Entry::Synthetic(b) => ops.push(Op::Bytes(b)),
+                Entry::Close(b) => {
+                    ops.push(Op::Bytes(b));
+                    return true;
+                }
+                Entry::Client(_) | Entry::Swallow(_) | Entry::Opaque => {}
+            }
+        }
+        false
     }
 
     /// Sends the tunnel's replies queued at the FIFO head. Returns true on `Close`.

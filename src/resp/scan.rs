@@ -170,7 +170,7 @@ impl Scanner {
                                     .checked_mul(10)
                                     .and_then(|v| v.checked_add(u64::from(b - b'0')))
                                     .ok_or_else(|| self.length_error(ty))?;
-                                digits += 1;
+                                digits = digits.saturating_add(1);
                             }
                             b'-' if digits == 0 && !neg && !streamed => neg = true,
                             b'?' if digits == 0 && !neg && !streamed => streamed = true,
@@ -357,7 +357,9 @@ impl Scanner {
                 } else if null {
                     Ok(self.element_done())
                 } else {
-                    self.state = State::Payload { left: val + 2 };
+                    self.state = State::Payload {
+                        left: val.checked_add(2).ok_or(ScanError::Length)?,
+                    };
                     Ok(false)
                 }
             }
@@ -366,7 +368,9 @@ impl Scanner {
                     self.stack.pop(); // the streamed string is complete
                     Ok(self.element_done())
                 } else {
-                    self.state = State::Payload { left: val + 2 };
+                    self.state = State::Payload {
+                        left: val.checked_add(2).ok_or(ScanError::Length)?,
+                    };
                     Ok(false)
                 }
             }
@@ -513,6 +517,19 @@ mod tests {
         assert_eq!(err(b"*x\r\n"), "invalid multibulk length");
         assert_eq!(err(b"*1\r\n$-3\r\n"), "invalid bulk length");
         assert_eq!(err(&vec![b'a'; MAX_INLINE + 1]), "too big inline request");
+    }
+
+    #[test]
+    fn absurd_numbers_are_errors_not_panics() {
+        let zeros = format!("*{}1\r\n", "0".repeat(300));
+        assert_eq!(
+            boundaries(Dir::Request, zeros.as_bytes(), &[]).unwrap(),
+            Vec::<usize>::new()
+        );
+        let err = boundaries(Dir::Reply, b"$18446744073709551615\r\n", &[]).unwrap_err();
+        assert_eq!(err, ScanError::Length);
+        let err = boundaries(Dir::Reply, b"*99999999999999999999\r\n", &[]).unwrap_err();
+        assert_eq!(err, ScanError::Length);
     }
 
     #[test]

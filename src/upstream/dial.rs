@@ -143,18 +143,36 @@ async fn dial_candidate(
                 continue;
             }
         };
-        tcp.set_nodelay(true)
-            .map_err(|e| fail(Stage::Connect, e.to_string()))?;
+        if let Err(e) = tcp.set_nodelay(true) {
+            last = Some(fail(Stage::Connect, label(e.to_string())));
+            continue;
+        }
+        // A failure past TCP on one address (say, a node hanging in TLS mid-failover) moves on
+        // to the next address; the last failure is what the client is told.
         let connector = TlsConnector::from(l.tls.clone());
-        let mut stream = timeout(t, connector.connect(up.server_name.clone(), tcp))
-            .await
-            .map_err(|_| fail(Stage::Tls, timed_out(t)))?
-            .map_err(|e| fail(Stage::Tls, e.to_string()))?;
+        let mut stream = match timeout(t, connector.connect(up.server_name.clone(), tcp)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                last = Some(fail(Stage::Tls, e.to_string()));
+                continue;
+            }
+            Err(_) => {
+                last = Some(fail(Stage::Tls, timed_out(t)));
+                continue;
+            }
+        };
         let mut leftover = BytesMut::new();
-        let role = timeout(t, handshake(&mut stream, l, &mut leftover))
-            .await
-            .map_err(|_| fail(Stage::Auth, timed_out(t)))?
-            .map_err(|(stage, reason)| fail(stage, reason))?;
+        let role = match timeout(t, handshake(&mut stream, l, &mut leftover)).await {
+            Ok(Ok(role)) => role,
+            Ok(Err((stage, reason))) => {
+                last = Some(fail(stage, reason));
+                continue;
+            }
+            Err(_) => {
+                last = Some(fail(Stage::Auth, timed_out(t)));
+                continue;
+            }
+        };
         if let Some(r) = &role
             && !l.role.matches(r)
         {

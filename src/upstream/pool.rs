@@ -246,6 +246,7 @@ async fn reset(s: &mut Dialed, l: &ListenerConfig) -> Result<(), ResetError> {
         cmd.extend_from_slice(&resp::auth_command(c));
     }
     s.stream.write_all(&cmd).await.map_err(|e| other(&e))?;
+    s.stream.flush().await.map_err(|e| other(&e))?;
     drop(cmd);
     let mut buf = BytesMut::new();
     match resp::read_frame(&mut s.stream, &mut buf).await {
@@ -289,9 +290,25 @@ async fn maintain(pool: Pool) {
     let mut backoff = BACKOFF_MIN;
     let mut next_health = Instant::now() + l.pool.health_interval;
     let mut next_role = Instant::now();
-    if l.pool.min_idle == 0 {
-        // Nothing to keep ready, but readiness means the upstream was reached once.
-        let _ = pool.dial().await;
+    // Nothing to keep ready with min_idle = 0, but readiness means the upstream was reached
+    // once: try until it is, with the same backoff.
+    while l.pool.min_idle == 0
+        && !inner.reached.load(Ordering::Relaxed)
+        && !inner.stop.is_cancelled()
+    {
+        match pool.dial().await {
+            Ok(_) => {
+                lock(&inner.failing).take();
+            }
+            Err(e) => {
+                *lock(&inner.failing) = Some(e);
+                tokio::select! {
+                    _ = inner.stop.cancelled() => {}
+                    _ = tokio::time::sleep(jitter(backoff)) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
     }
     loop {
         if inner.stop.is_cancelled() {
@@ -430,6 +447,7 @@ async fn ask_role(s: &mut Dialed) -> Option<String> {
     let mut cmd = BytesMut::new();
     resp::encode_command(&mut cmd, &[b"ROLE"]);
     s.stream.write_all(&cmd).await.ok()?;
+    s.stream.flush().await.ok()?;
     let mut buf = BytesMut::new();
     match resp::read_frame(&mut s.stream, &mut buf).await.ok()? {
         OwnedFrame::Array(items) if buf.is_empty() => match items.into_iter().next()? {
@@ -440,13 +458,19 @@ async fn ask_role(s: &mut Dialed) -> Option<String> {
     }
 }
 
-/// PINGs every idle session; drops dead ones and those past `max_lifetime`.
+/// PINGs every idle session, one at a time so the others stay available to clients; drops
+/// dead ones and those past `max_lifetime`.
 async fn health_check(pool: &Pool) {
     let inner = &pool.inner;
     let l = &inner.l;
-    let sessions: Vec<Dialed> = std::mem::take(&mut *lock(&inner.idle));
-    let mut alive = Vec::with_capacity(sessions.len());
-    for mut s in sessions {
+    let rounds = lock(&inner.idle).len();
+    for _ in 0..rounds {
+        // The oldest first: LIFO checkout keeps the newest busy.
+        let taken = {
+            let mut idle = lock(&inner.idle);
+            (!idle.is_empty()).then(|| idle.remove(0))
+        };
+        let Some(mut s) = taken else { break };
         if s.created.elapsed() >= l.pool.max_lifetime {
             tracing::debug!(listener = %l.name, peer = %s.peer, "idle session past max_lifetime; replaced");
             continue;
@@ -455,6 +479,7 @@ async fn health_check(pool: &Pool) {
         resp::encode_command(&mut cmd, &[b"PING"]);
         let ok = timeout(l.connect_timeout, async {
             s.stream.write_all(&cmd).await.ok()?;
+            s.stream.flush().await.ok()?;
             let mut buf = BytesMut::new();
             match resp::read_line(&mut s.stream, &mut buf).await.ok()? {
                 Line::Status(p) if p == "PONG" && buf.is_empty() => Some(()),
@@ -463,11 +488,13 @@ async fn health_check(pool: &Pool) {
         })
         .await;
         if matches!(ok, Ok(Some(()))) {
-            alive.push(s);
+            let mut idle = lock(&inner.idle);
+            if idle.len() < l.pool.max_idle {
+                idle.push(s);
+            }
         } else {
             tracing::debug!(listener = %l.name, peer = %s.peer, "idle session failed its PING; replaced");
         }
     }
-    lock(&inner.idle).extend(alive);
     inner.wake.notify_one();
 }
