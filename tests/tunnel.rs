@@ -8,6 +8,15 @@ use tokio::io::AsyncWriteExt;
 
 const TOKEN: &str = "s3cret-token-0123456789";
 
+/// A tunnel without AUTH injection in front of a fresh TLS redis-server, reached by name.
+async fn plain_tunnel(extra_top: &str) -> (Pki, Redis, Tunnel) {
+    let pki = pki(&["localhost"]);
+    let redis = Redis::start(&pki, &[]);
+    let upstream = format!("localhost:{}", redis.port);
+    let tunnel = Tunnel::start(&listener_toml(&upstream, &pki, extra_top)).await;
+    (pki, redis, tunnel)
+}
+
 fn with_auth(upstream: &str, pki: &Pki, auth: &str) -> String {
     listener_toml(upstream, pki, &format!("[auth]\n{auth}\n"))
 }
@@ -297,14 +306,7 @@ async fn a_client_half_close_still_gets_every_reply() {
 
 #[tokio::test]
 async fn a_server_close_reaches_the_client_after_its_reply() {
-    let pki = pki(&["localhost"]);
-    let redis = Redis::start(&pki, &[]);
-    let tunnel = Tunnel::start(&listener_toml(
-        &format!("localhost:{}", redis.port),
-        &pki,
-        "",
-    ))
-    .await;
+    let (_pki, _redis, tunnel) = plain_tunnel("").await;
     let mut c = connect(tunnel.addr()).await;
     assert_eq!(roundtrip(&mut c, &cmd(&["QUIT"])).await, "+OK\r\n");
     assert_eq!(read_to_close(&mut c).await.unwrap(), "");
@@ -312,14 +314,7 @@ async fn a_server_close_reaches_the_client_after_its_reply() {
 
 #[tokio::test]
 async fn large_values_pass_both_ways_intact() {
-    let pki = pki(&["localhost"]);
-    let redis = Redis::start(&pki, &[]);
-    let tunnel = Tunnel::start(&listener_toml(
-        &format!("localhost:{}", redis.port),
-        &pki,
-        "",
-    ))
-    .await;
+    let (_pki, _redis, tunnel) = plain_tunnel("").await;
     let mut c = connect(tunnel.addr()).await;
     let value: String = (0..3 * 1024 * 1024)
         .map(|i| (b'a' + (i % 26) as u8) as char)
@@ -334,14 +329,7 @@ async fn large_values_pass_both_ways_intact() {
 
 #[tokio::test]
 async fn shutdown_drains_open_sessions_until_the_grace_ends() {
-    let pki = pki(&["localhost"]);
-    let redis = Redis::start(&pki, &[]);
-    let toml = listener_toml(
-        &format!("localhost:{}", redis.port),
-        &pki,
-        "shutdown_grace = \"3s\"",
-    );
-    let mut tunnel = Tunnel::start(&toml).await;
+    let (_pki, _redis, mut tunnel) = plain_tunnel("shutdown_grace = \"3s\"").await;
     let addr = tunnel.addr();
     let mut open = connect(addr).await;
     assert_eq!(roundtrip(&mut open, &cmd(&["PING"])).await, "+PONG\r\n");
