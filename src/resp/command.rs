@@ -11,9 +11,6 @@ pub enum Cmd {
     Hello,
     Reset,
     Quit,
-    Multi,
-    /// EXEC or DISCARD: the transaction ends either way.
-    EndMulti,
     /// After these, replies no longer pair one-to-one with requests.
     Monitor,
     Subscribe,
@@ -28,14 +25,11 @@ pub fn classify(name: &[u8]) -> Cmd {
     match name.len() {
         4 if is("AUTH") => Cmd::Auth,
         4 if is("QUIT") => Cmd::Quit,
-        4 if is("EXEC") => Cmd::EndMulti,
         4 if is("SYNC") => Cmd::Sync,
         5 if is("HELLO") => Cmd::Hello,
         5 if is("RESET") => Cmd::Reset,
-        5 if is("MULTI") => Cmd::Multi,
         5 if is("PSYNC") => Cmd::Sync,
         6 if is("CLIENT") => Cmd::Client,
-        7 if is("DISCARD") => Cmd::EndMulti,
         7 if is("MONITOR") => Cmd::Monitor,
         9..=12
             if is("SUBSCRIBE")

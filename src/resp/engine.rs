@@ -143,7 +143,6 @@ pub struct Requests {
     /// The current frame was decided on its name and streams through as it arrives.
     streaming: bool,
     opaque: bool,
-    in_multi: bool,
     /// `require` mode: the client has given the tunnel's password.
     authed: bool,
     policy: ClientAuth,
@@ -158,7 +157,6 @@ impl Requests {
             held: 0,
             streaming: false,
             opaque: false,
-            in_multi: false,
             authed: false,
             policy,
             inject,
@@ -176,21 +174,10 @@ impl Requests {
         self.opaque = true;
     }
 
-    /// Bytes of a frame currently held back.
-    pub fn held(&self) -> usize {
-        self.held
-    }
-
     /// Between requests with reply accounting intact: if the server owes nothing either, the
     /// connection can be RESET and handed to another client.
     pub fn at_clean_boundary(&self) -> bool {
         !self.opaque && !self.streaming && self.held == 0
-    }
-
-    /// Whether the tunnel may put a command of its own on this connection now: between
-    /// frames, outside MULTI … EXEC, with reply accounting intact.
-    pub fn can_inject(&self) -> bool {
-        !self.opaque && !self.in_multi && !self.streaming && self.held == 0
     }
 
     /// Processes client bytes `buf` (starting with any frame held from the previous call).
@@ -404,22 +391,11 @@ impl Requests {
                 // anything the client pipelined after it, and swallow its reply.
                 entries.push(Entry::Client(1));
                 forward(ops, r);
-                self.in_multi = false;
                 self.authed = false;
                 if let Some(creds) = &self.inject {
                     ops.push(Op::Bytes(super::auth_command(creds)));
                     entries.push(Entry::Swallow(1));
                 }
-            }
-            Cmd::Multi => {
-                self.in_multi = true;
-                entries.push(Entry::Client(1));
-                forward(ops, r);
-            }
-            Cmd::EndMulti => {
-                self.in_multi = false;
-                entries.push(Entry::Client(1));
-                forward(ops, r);
             }
             Cmd::Monitor | Cmd::Subscribe | Cmd::Sync => self.go_opaque(r, ops, entries),
             Cmd::Client
