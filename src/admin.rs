@@ -25,7 +25,7 @@ pub struct AdminState {
 
 impl AdminState {
     fn pools(&self) -> Vec<Pool> {
-        self.pools.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        crate::lock(&self.pools).clone()
     }
 }
 

@@ -26,4 +26,10 @@ pub mod tls;
 pub mod upstream;
 
 pub use config::Config;
+
+/// Locks a mutex, carrying on if a holder panicked: the state behind the crate's locks is only
+/// touched in short sections between awaits and stays as consistent as it was.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 pub use server::{BindError, Server, run};

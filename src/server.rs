@@ -276,7 +276,7 @@ impl Server {
                 }
             }
         }
-        *self.pools.lock().unwrap_or_else(|p| p.into_inner()) = pools;
+        *crate::lock(&self.pools) = pools;
         self.shutdown_grace = config.shutdown_grace;
         Ok(())
     }

@@ -5,8 +5,8 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
@@ -20,6 +20,7 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Protocol, Role};
+use crate::lock;
 use crate::resp::engine::{Entry, Fifo, Op, Replies, Requests};
 use crate::upstream::{DialError, Dialed, Pool};
 
@@ -421,12 +422,6 @@ async fn forward_resp(
         to_client,
         after,
     })
-}
-
-fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
-    // Only touched between awaits; a poisoned lock means a panic elsewhere in this very
-    // session, whose state is still as consistent as it was.
-    shared.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Writes the engine's output in order: ranges of `buf`, or bytes the tunnel made.

@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::dial::{DialError, Dialed, Stage, dial};
 use crate::config::{ListenerConfig, Role};
+use crate::lock;
 use crate::metrics::ListenerMetrics;
 use crate::resp::{self, Line};
 
@@ -227,10 +228,6 @@ impl Pool {
             Err(_) => tracing::debug!(listener = %l.name, "RESET timed out; session closed"),
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 enum ResetError {
