@@ -3,11 +3,10 @@
 use std::fmt::Write as _;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
+use redis_protocol::resp2::types::OwnedFrame;
 
 use crate::config::{Config, ListenerConfig};
-use crate::resp::{self, Line};
+use crate::resp;
 use crate::upstream::{self, DialError, Dialed};
 
 /// Prints what the config defines; with `connect`, dials every upstream (TCP, TLS, AUTH, PING)
@@ -103,32 +102,26 @@ fn probe(
             upstream: l.upstreams[candidate].addr.to_string(),
             reason,
         };
-        let mut cmd = BytesMut::new();
-        resp::encode_command(&mut cmd, &[b"PING"]);
         let start = Instant::now();
-        stream
-            .write_all(&cmd)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        stream.flush().await.map_err(|e| fail(e.to_string()))?;
-        let reply = resp::read_line(&mut stream, &mut leftover)
+        let reply = resp::request(&mut stream, &[b"PING"], &mut leftover)
             .await
             .map_err(|e| fail(e.to_string()))?;
         let rtt = start.elapsed();
         match reply {
-            Line::Status(_) => {
+            OwnedFrame::SimpleString(_) => {
                 let _ = write!(line, " ping={:.2}ms", rtt.as_secs_f64() * 1e3);
             }
             // No credentials configured and the server wants some: the tunnel works, the
             // clients will have to AUTH themselves.
-            Line::Error(e) if l.auth.is_none() && e.starts_with("NOAUTH") => {
+            OwnedFrame::Error(e) if l.auth.is_none() && e.starts_with("NOAUTH") => {
                 let _ = write!(
                     line,
                     " ping={:.2}ms (NOAUTH: clients must AUTH themselves)",
                     rtt.as_secs_f64() * 1e3
                 );
             }
-            Line::Error(e) => return Err(fail(e)),
+            OwnedFrame::Error(e) => return Err(fail(e)),
+            other => return Err(fail(format!("PING answered {other:?}"))),
         }
         Ok(line)
     }

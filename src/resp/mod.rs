@@ -8,10 +8,11 @@ pub mod memory;
 pub mod scan;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use redis_protocol::resp2::types::OwnedFrame;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Longest one-line reply accepted while dialling; anything longer is not a reply to AUTH/PING.
-const MAX_LINE: usize = 64 * 1024;
+/// Longest reply to the tunnel's own commands (AUTH, ROLE, PING, RESET) it will buffer.
+const MAX_REPLY: usize = 64 * 1024;
 
 /// Appends `args` as a RESP multibulk command. Multibulk (not inline) so that a password with
 /// spaces or quotes reaches the server byte for byte.
@@ -46,7 +47,7 @@ pub fn auth_command(creds: &crate::config::Credentials) -> bytes::Bytes {
 pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut BytesMut,
-) -> Result<redis_protocol::resp2::types::OwnedFrame, ReplyError> {
+) -> Result<OwnedFrame, ReplyError> {
     loop {
         match redis_protocol::resp2::decode::decode(buf) {
             Ok(Some((frame, n))) => {
@@ -59,7 +60,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
                 return Err(ReplyError::Unexpected(printable(&head)));
             }
         }
-        if buf.len() > MAX_LINE {
+        if buf.len() > MAX_REPLY {
             return Err(ReplyError::Unexpected("reply too long".into()));
         }
         if r.read_buf(buf).await? == 0 {
@@ -68,14 +69,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     }
 }
 
-/// A one-line reply: `+OK` → `Ok("OK")`, `-WRONGPASS …` → `Err("WRONGPASS …")`.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Line {
-    Status(String),
-    Error(String),
-}
-
-/// Why a one-line reply could not be read.
+/// Why a reply to the tunnel's own command could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplyError {
     #[error("connection closed by the server")]
@@ -86,30 +80,28 @@ pub enum ReplyError {
     Unexpected(String),
 }
 
-/// Reads one `+…\r\n` or `-…\r\n` line from `r`, keeping any bytes after it in `buf` so nothing
-/// the server sent is lost.
-pub async fn read_line<R: AsyncRead + Unpin>(
-    r: &mut R,
+/// Sends one command of the tunnel's own (PING, ROLE) and reads its reply; bytes after the
+/// reply stay in `buf`. Flushes: a TLS writer may hold encrypted bytes back otherwise.
+pub async fn request<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    args: &[&[u8]],
     buf: &mut BytesMut,
-) -> Result<Line, ReplyError> {
-    loop {
-        if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
-            let line = String::from_utf8_lossy(&buf[..end]).into_owned();
-            buf.advance(end + 2);
-            return match line.as_bytes().first() {
-                Some(b'+') => Ok(Line::Status(line[1..].to_owned())),
-                Some(b'-') => Ok(Line::Error(line[1..].to_owned())),
-                _ => Err(ReplyError::Unexpected(printable(&line))),
-            };
-        }
-        if buf.len() > MAX_LINE {
-            return Err(ReplyError::Unexpected(printable(&String::from_utf8_lossy(
-                &buf[..80],
-            ))));
-        }
-        if r.read_buf(buf).await? == 0 {
-            return Err(ReplyError::Closed);
-        }
+) -> Result<OwnedFrame, ReplyError> {
+    let mut cmd = BytesMut::new();
+    encode_command(&mut cmd, args);
+    s.write_all(&cmd).await?;
+    s.flush().await?;
+    read_frame(s, buf).await
+}
+
+/// The role word of a `ROLE` reply (`master`, `slave`, `sentinel`).
+pub fn role_of(reply: &OwnedFrame) -> Option<String> {
+    match reply {
+        OwnedFrame::Array(items) => match items.first()? {
+            OwnedFrame::BulkString(word) => Some(String::from_utf8_lossy(word).into_owned()),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -136,26 +128,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn reads_lines_and_keeps_the_rest() {
+    async fn reads_replies_and_keeps_the_rest() {
         let mut input: &[u8] = b"+OK\r\n-WRONGPASS invalid\r\n+PONG";
         let mut buf = BytesMut::new();
         assert_eq!(
-            read_line(&mut input, &mut buf).await.unwrap(),
-            Line::Status("OK".into())
+            read_frame(&mut input, &mut buf).await.unwrap(),
+            OwnedFrame::SimpleString(b"OK".to_vec())
         );
         assert_eq!(
-            read_line(&mut input, &mut buf).await.unwrap(),
-            Line::Error("WRONGPASS invalid".into())
+            read_frame(&mut input, &mut buf).await.unwrap(),
+            OwnedFrame::Error("WRONGPASS invalid".into())
         );
         assert!(matches!(
-            read_line(&mut input, &mut buf).await,
+            read_frame(&mut input, &mut buf).await,
             Err(ReplyError::Closed)
         ));
         assert_eq!(&buf[..], b"+PONG");
-        let mut input: &[u8] = b"$3\r\nfoo\r\n";
+        let mut input: &[u8] = b"?what\r\n";
         assert!(matches!(
-            read_line(&mut input, &mut BytesMut::new()).await,
+            read_frame(&mut input, &mut BytesMut::new()).await,
             Err(ReplyError::Unexpected(_))
         ));
+        let role = OwnedFrame::Array(vec![OwnedFrame::BulkString(b"slave".to_vec())]);
+        assert_eq!(role_of(&role).as_deref(), Some("slave"));
+        assert_eq!(role_of(&OwnedFrame::Integer(1)), None);
     }
 }

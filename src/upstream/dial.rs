@@ -241,12 +241,9 @@ async fn handshake(
         return Ok(None);
     }
     match resp::read_frame(stream, leftover).await {
-        Ok(OwnedFrame::Array(items)) => match items.first() {
-            Some(OwnedFrame::BulkString(word)) => {
-                Ok(Some(String::from_utf8_lossy(word).into_owned()))
-            }
-            _ => Err((Stage::Role, "ROLE reply without a role".into())),
-        },
+        Ok(reply @ OwnedFrame::Array(_)) => resp::role_of(&reply)
+            .map(Some)
+            .ok_or((Stage::Role, "ROLE reply without a role".into())),
         Ok(OwnedFrame::Error(e)) => Err((Stage::Role, e)),
         Ok(other) => Err((Stage::Role, format!("unexpected ROLE reply {other:?}"))),
         Err(e) => Err((Stage::Role, e.to_string())),

@@ -27,7 +27,7 @@ use super::dial::{DialError, Dialed, Stage, dial};
 use crate::config::{ListenerConfig, Role};
 use crate::lock;
 use crate::metrics::ListenerMetrics;
-use crate::resp::{self, Line};
+use crate::resp;
 
 /// How often the node a `role` listener uses is re-checked.
 const ROLE_CHECK: Duration = Duration::from_secs(1);
@@ -441,18 +441,11 @@ async fn check_role(pool: &Pool) {
 }
 
 async fn ask_role(s: &mut Dialed) -> Option<String> {
-    let mut cmd = BytesMut::new();
-    resp::encode_command(&mut cmd, &[b"ROLE"]);
-    s.stream.write_all(&cmd).await.ok()?;
-    s.stream.flush().await.ok()?;
     let mut buf = BytesMut::new();
-    match resp::read_frame(&mut s.stream, &mut buf).await.ok()? {
-        OwnedFrame::Array(items) if buf.is_empty() => match items.into_iter().next()? {
-            OwnedFrame::BulkString(w) => Some(String::from_utf8_lossy(&w).into_owned()),
-            _ => None,
-        },
-        _ => None,
-    }
+    let reply = resp::request(&mut s.stream, &[b"ROLE"], &mut buf)
+        .await
+        .ok()?;
+    resp::role_of(&reply).filter(|_| buf.is_empty())
 }
 
 /// PINGs every idle session, one at a time so the others stay available to clients; drops
@@ -472,14 +465,13 @@ async fn health_check(pool: &Pool) {
             tracing::debug!(listener = %l.name, peer = %s.peer, "idle session past max_lifetime; replaced");
             continue;
         }
-        let mut cmd = BytesMut::new();
-        resp::encode_command(&mut cmd, &[b"PING"]);
         let ok = timeout(l.connect_timeout, async {
-            s.stream.write_all(&cmd).await.ok()?;
-            s.stream.flush().await.ok()?;
             let mut buf = BytesMut::new();
-            match resp::read_line(&mut s.stream, &mut buf).await.ok()? {
-                Line::Status(p) if p == "PONG" && buf.is_empty() => Some(()),
+            match resp::request(&mut s.stream, &[b"PING"], &mut buf)
+                .await
+                .ok()?
+            {
+                OwnedFrame::SimpleString(p) if p == b"PONG" && buf.is_empty() => Some(()),
                 _ => None,
             }
         })
