@@ -1,6 +1,6 @@
 //! RESP: the streaming scanner ([`scan`]), command classification ([`command`]), the session
-//! engine ([`engine`]); and here, the little RESP the tunnel itself speaks while dialling:
-//! encoding its own commands and reading their one-line replies.
+//! engine ([`engine`]); and here, the little RESP the tunnel itself speaks: encoding its own
+//! commands (AUTH, ROLE, PING, RESET) and reading their replies.
 
 pub mod command;
 pub mod engine;
