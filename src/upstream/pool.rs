@@ -288,24 +288,12 @@ async fn maintain(pool: Pool) {
     let mut next_health = Instant::now() + l.pool.health_interval;
     let mut next_role = Instant::now();
     // Nothing to keep ready with min_idle = 0, but readiness means the upstream was reached
-    // once: try until it is, with the same backoff.
+    // once: try until it is.
     while l.pool.min_idle == 0
         && !inner.reached.load(Ordering::Relaxed)
         && !inner.stop.is_cancelled()
     {
-        match pool.dial().await {
-            Ok(_) => {
-                lock(&inner.failing).take();
-            }
-            Err(e) => {
-                *lock(&inner.failing) = Some(e);
-                tokio::select! {
-                    _ = inner.stop.cancelled() => {}
-                    _ = tokio::time::sleep(jitter(backoff)) => {}
-                }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-            }
-        }
+        dial_or_back_off(&pool, &mut backoff).await;
     }
     loop {
         if inner.stop.is_cancelled() {
@@ -318,32 +306,13 @@ async fn maintain(pool: Pool) {
             inner.filled.store(true, Ordering::Relaxed);
         }
         if ready < l.pool.min_idle {
-            match pool.dial().await {
-                Ok(s) => {
-                    if lock(&inner.failing).take().is_some() {
-                        tracing::info!(listener = %l.name, upstream = %l.upstream_list(), "upstream reachable again");
-                    }
-                    backoff = BACKOFF_MIN;
-                    note_node(&pool, s.peer);
-                    if inner.epoch.borrow().node.is_none_or(|n| n == s.peer) {
-                        lock(&inner.idle).push(s);
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    let first = lock(&inner.failing).replace(e.clone()).is_none();
-                    if first {
-                        tracing::warn!(listener = %l.name, "cannot fill the pool: {e}; retrying with backoff");
-                    }
-                    let pause = jitter(backoff);
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                    tokio::select! {
-                        _ = inner.stop.cancelled() => {}
-                        _ = tokio::time::sleep(pause) => {}
-                    }
-                    continue;
+            if let Some(s) = dial_or_back_off(&pool, &mut backoff).await {
+                note_node(&pool, s.peer);
+                if inner.epoch.borrow().node.is_none_or(|n| n == s.peer) {
+                    lock(&inner.idle).push(s);
                 }
             }
+            continue;
         }
         let role_due = l.role != Role::Any;
         let mut wake_at = next_health;
@@ -363,6 +332,34 @@ async fn maintain(pool: Pool) {
         if now >= next_health {
             health_check(&pool).await;
             next_health = Instant::now() + l.pool.health_interval;
+        }
+    }
+}
+
+/// One background dial. A failure becomes the error clients get at once while it lasts (logged
+/// once per outage) and the maintainer backs off; a success ends the outage.
+async fn dial_or_back_off(pool: &Pool, backoff: &mut Duration) -> Option<Dialed> {
+    let inner = &pool.inner;
+    let l = &inner.l;
+    match pool.dial().await {
+        Ok(s) => {
+            if lock(&inner.failing).take().is_some() {
+                tracing::info!(listener = %l.name, upstream = %l.upstream_list(), "upstream reachable again");
+            }
+            *backoff = BACKOFF_MIN;
+            Some(s)
+        }
+        Err(e) => {
+            if lock(&inner.failing).replace(e.clone()).is_none() {
+                tracing::warn!(listener = %l.name, "cannot fill the pool: {e}; retrying with backoff");
+            }
+            let pause = jitter(*backoff);
+            *backoff = (*backoff * 2).min(BACKOFF_MAX);
+            tokio::select! {
+                _ = inner.stop.cancelled() => {}
+                _ = tokio::time::sleep(pause) => {}
+            }
+            None
         }
     }
 }
