@@ -267,6 +267,16 @@ async fn reload_adds_and_removes_listeners_and_rejects_bad_configs() {
     assert_eq!(get(&m, "ectunnel_config_reloads_total{result=error}"), 1.0);
 }
 
+/// A server whose `default` user accepts each of `passwords` (several at once, as during an
+/// ElastiCache ROTATE).
+fn acl_redis(pki: &Pki, passwords: &[&str]) -> Redis {
+    let mut args = vec!["--user".to_owned(), "default".into(), "on".into()];
+    args.extend(passwords.iter().map(|p| format!(">{p}")));
+    args.extend(["~*".into(), "&*".into(), "+@all".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Redis::start(pki, &args)
+}
+
 /// A config file whose `[auth]` reads `secret` (holding `token`) from a password_file.
 fn password_file_config(
     pki: &Pki,
@@ -287,19 +297,7 @@ fn password_file_config(
 async fn sighup_rotates_the_token_without_dropping_open_sessions() {
     let pki = pki(&["localhost"]);
     // Two valid passwords, as ElastiCache's ROTATE strategy allows during a rotation.
-    let redis = Redis::start(
-        &pki,
-        &[
-            "--user",
-            "default",
-            "on",
-            ">old-token-0000000000",
-            ">new-token-0000000000",
-            "~*",
-            "&*",
-            "+@all",
-        ],
-    );
+    let redis = acl_redis(&pki, &["old-token-0000000000", "new-token-0000000000"]);
     let (dir, secret, file) = password_file_config(
         &pki,
         &redis,
@@ -378,18 +376,7 @@ async fn sighup_rotates_the_token_without_dropping_open_sessions() {
 #[tokio::test]
 async fn a_rotated_password_file_reloads_by_itself() {
     let pki = pki(&["localhost"]);
-    let redis = Redis::start(
-        &pki,
-        &[
-            "--user",
-            "default",
-            "on",
-            ">first-token-000000000",
-            "~*",
-            "&*",
-            "+@all",
-        ],
-    );
+    let redis = acl_redis(&pki, &["first-token-000000000"]);
     let (_dir, secret, file) = password_file_config(
         &pki,
         &redis,

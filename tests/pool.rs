@@ -18,6 +18,15 @@ fn config(pki: &Pki, upstream: &str, pool: &str, listener_extra: &str) -> String
     )
 }
 
+/// A tunnel with `pool` settings in front of a fresh server whose token is [`TOKEN`].
+async fn pooled_tunnel(pool: &str) -> (Pki, Redis, Tunnel) {
+    let pki = pki(&["localhost"]);
+    let redis = Redis::start(&pki, &["--requirepass", TOKEN]);
+    let upstream = format!("\"localhost:{}\"", redis.port);
+    let tunnel = Tunnel::start(&config(&pki, &upstream, pool, "")).await;
+    (pki, redis, tunnel)
+}
+
 /// `connected_clients` of the server, read over a direct connection (which counts itself).
 async fn connected_clients(redis: &Redis, pki: &Pki) -> u64 {
     let mut d = direct(redis, pki, TOKEN).await;
@@ -30,15 +39,7 @@ async fn connected_clients(redis: &Redis, pki: &Pki) -> u64 {
 
 #[tokio::test]
 async fn warm_sessions_exist_before_the_first_client() {
-    let pki = pki(&["localhost"]);
-    let redis = Redis::start(&pki, &["--requirepass", TOKEN]);
-    let tunnel = Tunnel::start(&config(
-        &pki,
-        &format!("\"localhost:{}\"", redis.port),
-        "min_idle = 3",
-        "",
-    ))
-    .await;
+    let (pki, redis, tunnel) = pooled_tunnel("min_idle = 3").await;
     // 3 pooled sessions plus the direct connection that asks.
     eventually("3 warm sessions", || async {
         connected_clients(&redis, &pki).await == 4
@@ -52,15 +53,7 @@ async fn warm_sessions_exist_before_the_first_client() {
 
 #[tokio::test]
 async fn a_reused_session_shows_nothing_of_the_previous_client() {
-    let pki = pki(&["localhost"]);
-    let redis = Redis::start(&pki, &["--requirepass", TOKEN]);
-    let tunnel = Tunnel::start(&config(
-        &pki,
-        &format!("\"localhost:{}\"", redis.port),
-        "min_idle = 1",
-        "",
-    ))
-    .await;
+    let (_pki, _redis, tunnel) = pooled_tunnel("min_idle = 1").await;
     let pool = &tunnel.pools[0];
     eventually("a warm session", || async { pool.idle_count() == 1 }).await;
 

@@ -23,15 +23,7 @@ fn with_auth(upstream: &str, pki: &Pki, auth: &str) -> String {
 
 #[tokio::test]
 async fn injects_the_token_so_the_client_needs_none() {
-    let pki = pki(&["localhost"]);
-    let redis = Redis::start(&pki, &["--requirepass", TOKEN]);
-    let upstream = format!("localhost:{}", redis.port);
-    let tunnel = Tunnel::start(&with_auth(
-        &upstream,
-        &pki,
-        &format!("password = \"{TOKEN}\""),
-    ))
-    .await;
+    let (_pki, _redis, _upstream, tunnel) = token_tunnel(TOKEN).await;
     let mut c = connect(tunnel.addr()).await;
     assert_eq!(roundtrip(&mut c, &cmd(&["PING"])).await, "+PONG\r\n");
     assert_eq!(roundtrip(&mut c, &cmd(&["SET", "k", "v"])).await, "+OK\r\n");
@@ -112,18 +104,20 @@ async fn two_listeners_reach_their_own_upstreams() {
     assert_eq!(roundtrip(&mut cb, &cmd(&["GET", "who"])).await, "$-1\r\n");
 }
 
-/// A tunnel in front of a server that will refuse the tunnel's token.
-async fn wrong_token_tunnel() -> (Pki, Redis, String, Tunnel) {
+/// A tunnel injecting `password` in front of a server whose token is [`TOKEN`]; also returns
+/// the upstream as the tunnel names it.
+async fn token_tunnel(password: &str) -> (Pki, Redis, String, Tunnel) {
     let pki = pki(&["localhost"]);
     let redis = Redis::start(&pki, &["--requirepass", TOKEN]);
     let upstream = format!("localhost:{}", redis.port);
-    let tunnel = Tunnel::start(&with_auth(
-        &upstream,
-        &pki,
-        "password = \"not-the-token-000000\"",
-    ))
-    .await;
+    let auth = format!("password = \"{password}\"");
+    let tunnel = Tunnel::start(&with_auth(&upstream, &pki, &auth)).await;
     (pki, redis, upstream, tunnel)
+}
+
+/// A tunnel in front of a server that will refuse the tunnel's token.
+async fn wrong_token_tunnel() -> (Pki, Redis, String, Tunnel) {
+    token_tunnel("not-the-token-000000").await
 }
 
 #[tokio::test]
