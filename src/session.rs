@@ -288,7 +288,6 @@ async fn forward_resp(
                 }
             }
             total += write_ops(&mut up_wr, &buf, &mut ops, &m.to_upstream).await?;
-            up_wr.flush().await?;
             buf.advance(progress.consumed);
             if progress.stop {
                 // Nothing more is read from this client. The server answers what it got and,
@@ -424,7 +423,9 @@ async fn forward_resp(
     })
 }
 
-/// Writes the engine's output in order: ranges of `buf`, or bytes the tunnel made.
+/// Writes the engine's output in order: ranges of `buf`, or bytes the tunnel made; then
+/// flushes, since a TLS writer may keep encrypted bytes back when the socket is full and
+/// nothing else would push them out while the session waits for more input.
 async fn write_ops<W: AsyncWrite + Unpin>(
     w: &mut W,
     buf: &[u8],
@@ -439,6 +440,9 @@ async fn write_ops<W: AsyncWrite + Unpin>(
         };
         w.write_all(data).await?;
         total += data.len() as u64;
+    }
+    if total > 0 {
+        w.flush().await?;
     }
     bytes.inc_by(total);
     Ok(total)
