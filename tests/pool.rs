@@ -37,6 +37,47 @@ async fn connected_clients(redis: &Redis, pki: &Pki) -> u64 {
         .unwrap_or(0)
 }
 
+/// A primary A and its replica B over TLS, both requiring [`TOKEN`].
+fn primary_and_replica() -> (Pki, Redis, Redis) {
+    let pki = pki(&["localhost"]);
+    let auth = [
+        "--requirepass",
+        TOKEN,
+        "--masterauth",
+        TOKEN,
+        "--tls-replication",
+        "yes",
+    ];
+    let a = Redis::start(&pki, &auth);
+    let a_port = a.port.to_string();
+    let b = Redis::start(
+        &pki,
+        &[&auth[..], &["--replicaof", "127.0.0.1", &a_port]].concat(),
+    );
+    (pki, a, b)
+}
+
+/// A `role = "primary"` tunnel that knows both nodes.
+async fn primary_tunnel(pki: &Pki, a: &Redis, b: &Redis, pool: &str) -> Tunnel {
+    let upstreams = format!("[\"localhost:{}\", \"localhost:{}\"]", a.port, b.port);
+    Tunnel::start(&config(pki, &upstreams, pool, "role = \"primary\"\n")).await
+}
+
+/// A failover by hand: B becomes the primary, A its replica.
+async fn swap_roles(pki: &Pki, a: &Redis, b: &Redis) {
+    let mut db = direct(b, pki, TOKEN).await;
+    assert_eq!(
+        roundtrip(&mut db, &cmd(&["REPLICAOF", "NO", "ONE"])).await,
+        "+OK\r\n"
+    );
+    let mut da = direct(a, pki, TOKEN).await;
+    let b_port = b.port.to_string();
+    assert_eq!(
+        roundtrip(&mut da, &cmd(&["REPLICAOF", "127.0.0.1", &b_port])).await,
+        "+OK\r\n"
+    );
+}
+
 #[tokio::test]
 async fn warm_sessions_exist_before_the_first_client() {
     let (pki, redis, tunnel) = pooled_tunnel("min_idle = 3").await;
@@ -53,7 +94,8 @@ async fn warm_sessions_exist_before_the_first_client() {
 
 #[tokio::test]
 async fn a_reused_session_shows_nothing_of_the_previous_client() {
-    let (_pki, _redis, tunnel) = pooled_tunnel("min_idle = 1").await;
+    // Dedicated sessions only: a shared one would take the warm session.
+    let (_pki, _redis, tunnel) = pooled_tunnel("min_idle = 1\nmultiplex = 0").await;
     let pool = &tunnel.pools[0];
     eventually("a warm session", || async { pool.idle_count() == 1 }).await;
 
@@ -238,29 +280,9 @@ async fn try_reply(c: &mut tokio::net::TcpStream) -> Option<String> {
 
 #[tokio::test]
 async fn failover_moves_new_clients_and_closes_pinned_ones() {
-    let pki = pki(&["localhost"]);
-    let auth = [
-        "--requirepass",
-        TOKEN,
-        "--masterauth",
-        TOKEN,
-        "--tls-replication",
-        "yes",
-    ];
-    let a = Redis::start(&pki, &auth);
-    let a_port = a.port.to_string();
-    let b = Redis::start(
-        &pki,
-        &[&auth[..], &["--replicaof", "127.0.0.1", &a_port]].concat(),
-    );
-    let upstreams = format!("[\"localhost:{}\", \"localhost:{}\"]", a.port, b.port);
-    let tunnel = Tunnel::start(&config(
-        &pki,
-        &upstreams,
-        "min_idle = 2",
-        "role = \"primary\"\n",
-    ))
-    .await;
+    let (pki, a, b) = primary_and_replica();
+    // Dedicated sessions, which are pinned to a node (shared ones: see below).
+    let tunnel = primary_tunnel(&pki, &a, &b, "min_idle = 2\nmultiplex = 0").await;
 
     let mut old = connect(tunnel.addr()).await;
     assert_eq!(
@@ -268,18 +290,7 @@ async fn failover_moves_new_clients_and_closes_pinned_ones() {
         "+OK\r\n"
     );
 
-    // Swap roles: B becomes the primary, A its replica.
-    let mut db = direct(&b, &pki, TOKEN).await;
-    assert_eq!(
-        roundtrip(&mut db, &cmd(&["REPLICAOF", "NO", "ONE"])).await,
-        "+OK\r\n"
-    );
-    let mut da = direct(&a, &pki, TOKEN).await;
-    let b_port = b.port.to_string();
-    assert_eq!(
-        roundtrip(&mut da, &cmd(&["REPLICAOF", "127.0.0.1", &b_port])).await,
-        "+OK\r\n"
-    );
+    swap_roles(&pki, &a, &b).await;
     let swapped = Instant::now();
 
     // Within 3 s new clients write to B.
@@ -349,4 +360,183 @@ async fn idle_sessions_past_max_lifetime_are_replaced() {
         now.len() >= 2 && now.iter().all(|id| !first.contains(id))
     })
     .await;
+}
+
+#[tokio::test]
+async fn many_clients_share_two_upstream_sessions_without_crossed_replies() {
+    let (pki, redis, tunnel) = pooled_tunnel("min_idle = 1\nmultiplex = 2").await;
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let addr = tunnel.addr();
+        tasks.push(tokio::spawn(async move {
+            let mut c = connect(addr).await;
+            let mut pipeline = Vec::new();
+            for j in 0..50 {
+                let (k, v) = (format!("k{i}:{j}"), format!("v{i}:{j}"));
+                pipeline.extend(cmd(&["SET", &k, &v]));
+                pipeline.extend(cmd(&["GET", &k]));
+            }
+            c.write_all(&pipeline).await.unwrap();
+            for j in 0..50 {
+                let v = format!("v{i}:{j}");
+                assert_eq!(read_reply(&mut c).await, "+OK\r\n");
+                assert_eq!(read_reply(&mut c).await, format!("${}\r\n{v}\r\n", v.len()));
+            }
+            c
+        }));
+    }
+    let mut clients = Vec::new();
+    for t in tasks {
+        clients.push(t.await.unwrap());
+    }
+    // With all 20 still connected the server sees the two shared sessions, the pool's warm
+    // one (and perhaps one more dialled while it refilled) and the connection that asks.
+    let n = connected_clients(&redis, &pki).await;
+    assert!(n <= 5, "{n} server connections for 20 clients");
+}
+
+#[tokio::test]
+async fn a_pipeline_that_turns_stateful_keeps_its_order_and_its_state() {
+    let (_pki, _redis, tunnel) = pooled_tunnel("min_idle = 1").await;
+    let mut c = connect(tunnel.addr()).await;
+    let steps: [(&[&str], &str); 11] = [
+        (&["SET", "a", "1"], "+OK\r\n"),
+        (&["GET", "a"], "$1\r\n1\r\n"),
+        // From here on the client has a session of its own, in db 1.
+        (&["SELECT", "1"], "+OK\r\n"),
+        (&["SET", "a", "x"], "+OK\r\n"),
+        (&["GET", "a"], "$1\r\nx\r\n"),
+        (&["SELECT", "0"], "+OK\r\n"),
+        (&["GET", "a"], "$1\r\n1\r\n"),
+        (&["MULTI"], "+OK\r\n"),
+        (&["INCR", "a"], "+QUEUED\r\n"),
+        (&["EXEC"], "*1\r\n:2\r\n"),
+        (&["CLIENT", "SETNAME", "mine"], "+OK\r\n"),
+    ];
+    let pipeline: Vec<u8> = steps.iter().flat_map(|(c, _)| cmd(c)).collect();
+    c.write_all(&pipeline).await.unwrap();
+    for (command, want) in steps {
+        assert_eq!(read_reply(&mut c).await, want, "{command:?}");
+    }
+    // Another client, still on a shared session in db 0, sees none of that state.
+    let mut other = connect(tunnel.addr()).await;
+    assert_eq!(
+        roundtrip(&mut other, &cmd(&["GET", "a"])).await,
+        "$1\r\n2\r\n"
+    );
+    assert_eq!(
+        roundtrip(&mut c, &cmd(&["CLIENT", "GETNAME"])).await,
+        "$4\r\nmine\r\n"
+    );
+}
+
+#[tokio::test]
+async fn auth_with_the_token_is_answered_by_the_tunnel_and_any_other_by_the_server() {
+    let (_pki, _redis, tunnel) = pooled_tunnel("min_idle = 1").await;
+    // What `redis-benchmark -a` and many client libraries send: AUTH pipelined with the first
+    // command.
+    let mut c = connect(tunnel.addr()).await;
+    let first = [
+        cmd(&["AUTH", TOKEN]),
+        cmd(&["SET", "k", "v"]),
+        cmd(&["AUTH", "default", TOKEN]),
+        cmd(&["GET", "k"]),
+    ]
+    .concat();
+    c.write_all(&first).await.unwrap();
+    for want in ["+OK\r\n", "+OK\r\n", "+OK\r\n", "$1\r\nv\r\n"] {
+        assert_eq!(read_reply(&mut c).await, want);
+    }
+    let mut wrong = connect(tunnel.addr()).await;
+    assert_eq!(
+        roundtrip(&mut wrong, &cmd(&["AUTH", "not-the-token"])).await,
+        "-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+    );
+    // QUIT is answered too (on a shared session it would close everyone's).
+    c.write_all(&cmd(&["QUIT"])).await.unwrap();
+    assert_eq!(read_to_close(&mut c).await.unwrap(), "+OK\r\n");
+    let mut after = connect(tunnel.addr()).await;
+    assert_eq!(
+        roundtrip(&mut after, &cmd(&["GET", "k"])).await,
+        "$1\r\nv\r\n"
+    );
+}
+
+#[tokio::test]
+async fn a_broken_shared_session_is_explained_then_replaced() {
+    let (pki, redis, tunnel) = pooled_tunnel("min_idle = 1").await;
+    let mut c = connect(tunnel.addr()).await;
+    assert_eq!(roundtrip(&mut c, &cmd(&["SET", "k", "v"])).await, "+OK\r\n");
+    let mut d = direct(&redis, &pki, TOKEN).await;
+    let killed = roundtrip(
+        &mut d,
+        &cmd(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]),
+    )
+    .await;
+    assert!(killed.starts_with(':') && killed != ":0\r\n", "{killed}");
+    // The request that meets the broken session (if any does) gets the reason...
+    let got = roundtrip(&mut c, &cmd(&["GET", "k"])).await;
+    assert!(
+        got == "$1\r\nv\r\n" || got.starts_with("-ERR ectunnel: "),
+        "{got}"
+    );
+    // ...and the client, still connected, is then served by a fresh one.
+    assert_eq!(roundtrip(&mut c, &cmd(&["GET", "k"])).await, "$1\r\nv\r\n");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_cannot_stall_the_others_on_its_session() {
+    let (_pki, _redis, tunnel) = pooled_tunnel("min_idle = 1\nmultiplex = 1").await;
+    let value = "x".repeat(1 << 20);
+    let mut setup = connect(tunnel.addr()).await;
+    assert_eq!(
+        roundtrip(&mut setup, &cmd(&["SET", "big", &value])).await,
+        "+OK\r\n"
+    );
+    // 48 MiB of replies for a client that reads none of them: more than the tunnel queues.
+    let mut slow = connect(tunnel.addr()).await;
+    let gets: Vec<u8> = (0..48).flat_map(|_| cmd(&["GET", "big"])).collect();
+    slow.write_all(&gets).await.unwrap();
+    let mut fast = connect(tunnel.addr()).await;
+    assert_eq!(roundtrip(&mut fast, &cmd(&["PING"])).await, "+PONG\r\n");
+    // The slow client was cut off rather than buffered without bound.
+    let got = read_to_close(&mut slow).await.unwrap_or_default();
+    assert!(
+        got.len() < 48 * value.len(),
+        "all {} bytes were kept for it",
+        got.len()
+    );
+}
+
+#[tokio::test]
+async fn failover_moves_shared_clients_without_a_reconnect() {
+    let (pki, a, b) = primary_and_replica();
+    let tunnel = primary_tunnel(&pki, &a, &b, "min_idle = 1").await;
+    let mut c = connect(tunnel.addr()).await;
+    assert_eq!(
+        roundtrip(&mut c, &cmd(&["SET", "k", "before"])).await,
+        "+OK\r\n"
+    );
+    swap_roles(&pki, &a, &b).await;
+    let swapped = Instant::now();
+    // The same connection: at most a few refusals while the tunnel notices, then B.
+    loop {
+        let set = roundtrip(&mut c, &cmd(&["SET", "k", "after"])).await;
+        if set == "+OK\r\n" {
+            break;
+        }
+        assert!(
+            set.starts_with("-READONLY") || set.starts_with("-ERR ectunnel"),
+            "{set}"
+        );
+        assert!(
+            swapped.elapsed() < Duration::from_secs(3),
+            "still on the old primary after 3 s"
+        );
+    }
+    let mut check = direct(&b, &pki, TOKEN).await;
+    assert_eq!(
+        roundtrip(&mut check, &cmd(&["GET", "k"])).await,
+        "$5\r\nafter\r\n"
+    );
 }

@@ -101,6 +101,9 @@ impl fmt::Display for Role {
     }
 }
 
+/// More shared sessions than this buys nothing: Redis runs commands on one thread.
+const MAX_MULTIPLEX: usize = 16;
+
 /// `[pool]` / `[listener.pool]`: authenticated upstream sessions kept ready.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolConfig {
@@ -113,6 +116,10 @@ pub struct PoolConfig {
     pub max_lifetime: Duration,
     /// Idle sessions are PINGed this often; a dead one is replaced.
     pub health_interval: Duration,
+    /// Upstream sessions shared by the listener's clients for plain data commands (GET, SET,
+    /// …); a client that sends anything else gets a session of its own from then on. 0 gives
+    /// every client its own session from the start.
+    pub multiplex: usize,
 }
 
 impl Default for PoolConfig {
@@ -123,6 +130,7 @@ impl Default for PoolConfig {
             reuse: true,
             max_lifetime: Duration::from_secs(3600),
             health_interval: Duration::from_secs(15),
+            multiplex: 2,
         }
     }
 }
@@ -353,6 +361,7 @@ struct RawPool {
     reuse: Option<bool>,
     max_lifetime: Option<Spanned<HumanDuration<Duration>>>,
     health_interval: Option<Spanned<HumanDuration<Duration>>>,
+    multiplex: Option<Spanned<usize>>,
 }
 
 /// `upstream = "host:port"` or `upstream = ["host:port", …]`.
@@ -828,6 +837,16 @@ fn pool_settings(
     }
     if let Some(r) = own.reuse.or(default.reuse) {
         p.reuse = r;
+    }
+    if let Some(v) = pick(&own.multiplex, &default.multiplex) {
+        if *v.get_ref() > MAX_MULTIPLEX {
+            return Err(src.invalid(
+                &v.span(),
+                "pool.multiplex",
+                format!("must be at most {MAX_MULTIPLEX} (shared sessions per listener)"),
+            ));
+        }
+        p.multiplex = *v.get_ref();
     }
     let dur = |a: &Option<Spanned<HumanDuration<Duration>>>,
                b: &Option<Spanned<HumanDuration<Duration>>>,

@@ -45,6 +45,184 @@ pub fn classify(name: &[u8]) -> Cmd {
     }
 }
 
+/// Commands whose effect and reply depend only on their arguments and the keyspace of db 0
+/// (never on connection state, never blocking, one reply each in RESP2), so several clients'
+/// requests may share one upstream session. Sorted, upper case. Anything not listed (AUTH,
+/// SELECT, MULTI, WATCH, the blocking commands, SUBSCRIBE, CLIENT, HELLO, EVAL, WAIT, admin
+/// commands…) gives the client a session of its own.
+const SHAREABLE: &[&str] = &[
+    "APPEND",
+    "BITCOUNT",
+    "BITFIELD",
+    "BITFIELD_RO",
+    "BITOP",
+    "BITPOS",
+    "COPY",
+    "DBSIZE",
+    "DECR",
+    "DECRBY",
+    "DEL",
+    "DUMP",
+    "ECHO",
+    "EXISTS",
+    "EXPIRE",
+    "EXPIREAT",
+    "EXPIRETIME",
+    "GEOADD",
+    "GEODIST",
+    "GEOHASH",
+    "GEOPOS",
+    "GEORADIUSBYMEMBER_RO",
+    "GEORADIUS_RO",
+    "GEOSEARCH",
+    "GEOSEARCHSTORE",
+    "GET",
+    "GETBIT",
+    "GETDEL",
+    "GETEX",
+    "GETRANGE",
+    "GETSET",
+    "HDEL",
+    "HEXISTS",
+    "HGET",
+    "HGETALL",
+    "HINCRBY",
+    "HINCRBYFLOAT",
+    "HKEYS",
+    "HLEN",
+    "HMGET",
+    "HMSET",
+    "HRANDFIELD",
+    "HSCAN",
+    "HSET",
+    "HSETNX",
+    "HSTRLEN",
+    "HVALS",
+    "INCR",
+    "INCRBY",
+    "INCRBYFLOAT",
+    "LCS",
+    "LINDEX",
+    "LINSERT",
+    "LLEN",
+    "LMOVE",
+    "LMPOP",
+    "LPOP",
+    "LPOS",
+    "LPUSH",
+    "LPUSHX",
+    "LRANGE",
+    "LREM",
+    "LSET",
+    "LTRIM",
+    "MGET",
+    "MSET",
+    "MSETNX",
+    "PERSIST",
+    "PEXPIRE",
+    "PEXPIREAT",
+    "PEXPIRETIME",
+    "PFADD",
+    "PFCOUNT",
+    "PFMERGE",
+    "PING",
+    "PSETEX",
+    "PTTL",
+    "PUBLISH",
+    "RENAME",
+    "RENAMENX",
+    "RESTORE",
+    "RPOP",
+    "RPOPLPUSH",
+    "RPUSH",
+    "RPUSHX",
+    "SADD",
+    "SCAN",
+    "SCARD",
+    "SDIFF",
+    "SDIFFSTORE",
+    "SET",
+    "SETBIT",
+    "SETEX",
+    "SETNX",
+    "SETRANGE",
+    "SINTER",
+    "SINTERCARD",
+    "SINTERSTORE",
+    "SISMEMBER",
+    "SMEMBERS",
+    "SMISMEMBER",
+    "SMOVE",
+    "SORT_RO",
+    "SPOP",
+    "SPUBLISH",
+    "SRANDMEMBER",
+    "SREM",
+    "SSCAN",
+    "STRLEN",
+    "SUNION",
+    "SUNIONSTORE",
+    "TOUCH",
+    "TTL",
+    "TYPE",
+    "UNLINK",
+    "XACK",
+    "XADD",
+    "XAUTOCLAIM",
+    "XCLAIM",
+    "XDEL",
+    "XLEN",
+    "XPENDING",
+    "XRANGE",
+    "XREVRANGE",
+    "XTRIM",
+    "ZADD",
+    "ZCARD",
+    "ZCOUNT",
+    "ZDIFF",
+    "ZDIFFSTORE",
+    "ZINCRBY",
+    "ZINTER",
+    "ZINTERCARD",
+    "ZINTERSTORE",
+    "ZLEXCOUNT",
+    "ZMPOP",
+    "ZMSCORE",
+    "ZPOPMAX",
+    "ZPOPMIN",
+    "ZRANDMEMBER",
+    "ZRANGE",
+    "ZRANGEBYLEX",
+    "ZRANGEBYSCORE",
+    "ZRANGESTORE",
+    "ZRANK",
+    "ZREM",
+    "ZREMRANGEBYLEX",
+    "ZREMRANGEBYRANK",
+    "ZREMRANGEBYSCORE",
+    "ZREVRANGE",
+    "ZREVRANGEBYLEX",
+    "ZREVRANGEBYSCORE",
+    "ZREVRANK",
+    "ZSCAN",
+    "ZSCORE",
+    "ZUNION",
+    "ZUNIONSTORE",
+];
+
+/// Whether requests of command `name` may go over a shared upstream session.
+pub fn shareable(name: &[u8]) -> bool {
+    let mut upper = [0u8; 24];
+    let Some(dst) = upper.get_mut(..name.len()) else {
+        return false;
+    };
+    dst.copy_from_slice(name);
+    dst.make_ascii_uppercase();
+    SHAREABLE
+        .binary_search_by(|c| c.as_bytes().cmp(dst))
+        .is_ok()
+}
+
 /// The arguments of a complete multibulk request, decoded by `redis-protocol`.
 pub fn multibulk_args(frame: &[u8]) -> Option<Vec<Vec<u8>>> {
     match redis_protocol::resp2::decode::decode(frame).ok()?? {
@@ -185,6 +363,37 @@ mod tests {
         assert_eq!(classify(b"punsubscribe"), Cmd::Subscribe);
         assert_eq!(classify(b"GET"), Cmd::Other);
         assert_eq!(classify(b""), Cmd::Other);
+    }
+
+    #[test]
+    fn shareable_commands_are_data_commands_only() {
+        assert!(
+            SHAREABLE.windows(2).all(|w| w[0] < w[1]),
+            "SHAREABLE must stay sorted"
+        );
+        assert!(shareable(b"get") && shareable(b"SET") && shareable(b"zRangeByScore"));
+        for stateful in [
+            "AUTH",
+            "SELECT",
+            "MULTI",
+            "WATCH",
+            "BLPOP",
+            "SUBSCRIBE",
+            "CLIENT",
+            "HELLO",
+            "EVAL",
+            "WAIT",
+            "XREAD",
+            "RESET",
+            "QUIT",
+            "MONITOR",
+            "READONLY",
+            "SORT",
+            "",
+        ] {
+            assert!(!shareable(stateful.as_bytes()), "{stateful}");
+        }
+        assert!(!shareable(&[b'G'; 40]));
     }
 
     #[test]

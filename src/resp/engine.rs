@@ -433,16 +433,25 @@ impl Requests {
     /// Checks a client's credentials against `require` mode's, in constant time.
     fn check(&self, user: &[u8], pass: &[u8]) -> bool {
         match &self.policy {
-            ClientAuth::Require(c) => {
-                let want_user = c.username.as_deref().unwrap_or("default").as_bytes();
-                // Evaluate both comparisons regardless of the first one's result.
-                let u = constant_time_eq(user, want_user);
-                let p = constant_time_eq(pass, c.password.expose().as_bytes());
-                u & p
-            }
+            ClientAuth::Require(c) => credentials_match(c, user, pass),
             _ => true,
         }
     }
+
+    /// The client already gave the tunnel's password (on a shared session, before it needed
+    /// one of its own).
+    pub fn set_authed(&mut self) {
+        self.authed = true;
+    }
+}
+
+/// Whether `AUTH user pass` names `c` (no username means `default`), in constant time.
+pub fn credentials_match(c: &Credentials, user: &[u8], pass: &[u8]) -> bool {
+    let want_user = c.username.as_deref().unwrap_or("default").as_bytes();
+    // Evaluate both comparisons regardless of the first one's result.
+    let u = constant_time_eq(user, want_user);
+    let p = constant_time_eq(pass, c.password.expose().as_bytes());
+    u & p
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -93,6 +93,9 @@ pub struct FrameInfo {
     pub args: [(u64, u64); ARG_SLOTS],
     /// How many of `args` are filled in.
     pub args_known: usize,
+    /// Multibulk requests: the longest argument length declared so far, so a frame too long
+    /// to hold can be recognised from its headers before its payload arrives.
+    pub longest_arg: u64,
 }
 
 /// The incremental scanner; one per direction per session.
@@ -341,6 +344,7 @@ impl Scanner {
                 return Err(ScanError::BulkLength);
             }
             self.req_left -= 1;
+            self.info.longest_arg = self.info.longest_arg.max(val);
             self.state = State::Payload { left: val + 2 };
             self.pending_arg = Some(val);
             return Ok(false);

@@ -24,6 +24,7 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 use super::dial::{DialError, Dialed, Stage, dial};
+use super::shared::Mux;
 use crate::config::{ListenerConfig, Role};
 use crate::lock;
 use crate::metrics::ListenerMetrics;
@@ -47,6 +48,15 @@ pub struct Pool {
     inner: Arc<Inner>,
 }
 
+/// A handle that does not keep the pool alive (held by the pool's own shared sessions).
+pub struct WeakPool(std::sync::Weak<Inner>);
+
+impl WeakPool {
+    pub fn upgrade(&self) -> Option<Pool> {
+        self.0.upgrade().map(|inner| Pool { inner })
+    }
+}
+
 struct Inner {
     l: Arc<ListenerConfig>,
     idle: Mutex<Vec<Dialed>>,
@@ -64,6 +74,7 @@ struct Inner {
     reached: AtomicBool,
     /// The pool has held `min_idle` ready sessions at least once.
     filled: AtomicBool,
+    mux: Mux,
 }
 
 impl Pool {
@@ -75,7 +86,6 @@ impl Pool {
     ) -> Pool {
         let pool = Pool {
             inner: Arc::new(Inner {
-                l,
                 idle: Mutex::new(Vec::new()),
                 wake: Notify::new(),
                 check_role_now: AtomicBool::new(false),
@@ -86,6 +96,8 @@ impl Pool {
                 metrics,
                 reached: AtomicBool::new(false),
                 filled: AtomicBool::new(false),
+                mux: Mux::new(l.pool.multiplex),
+                l,
             }),
         };
         tokio::spawn(maintain(pool.clone()));
@@ -160,6 +172,20 @@ impl Pool {
                 Err(e)
             }
         }
+    }
+
+    /// The listener's shared sessions.
+    pub fn mux(&self) -> &Mux {
+        &self.inner.mux
+    }
+
+    pub fn downgrade(&self) -> WeakPool {
+        WeakPool(Arc::downgrade(&self.inner))
+    }
+
+    /// The node sessions should be on now, when known.
+    pub fn current_node(&self) -> Option<SocketAddr> {
+        self.inner.epoch.borrow().node
     }
 
     /// The node sessions should be on; changes on failover.

@@ -1,7 +1,10 @@
 //! One client: take an upstream session from the pool, then forward both directions until both
 //! are done: through the RESP engine (`protocol = "resp"`) or as a byte pipe (`"raw"`). A RESP
 //! session whose client leaves cleanly goes back to the pool; one pinned to a demoted node is
-//! closed at its next reply boundary.
+//! closed at its next reply boundary. With `pool.multiplex` a RESP client first runs on the
+//! listener's shared sessions ([`shared`]) and takes a session of its own only when it needs one.
+
+mod shared;
 
 use std::io;
 use std::net::SocketAddr;
@@ -41,6 +44,36 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, pool: Pool) {
     let _counted = pool.metrics().client_guard();
     // Nagle would hold small replies back waiting for ACKs; RESP is request/response.
     let _ = client.set_nodelay(true);
+    let mut input = BytesMut::new();
+    let mut first = Some(accepted);
+    let mut authed = false;
+    if listener.protocol == Protocol::Resp && pool.mux().enabled() {
+        // A shared session now, so that an upstream failure is explained at once, as it is
+        // to a client with a session of its own.
+        let slot = pool.mux().assign();
+        if let Err(e) = pool.mux().get(slot, &pool).await {
+            tracing::warn!(listener = %listener.name, client = %peer, "{e}");
+            return refuse(client, &e).await;
+        }
+        match shared::serve(&mut client, &pool, slot, accepted).await {
+            Ok(shared::Next::Own {
+                input: rest,
+                replied,
+                authed: a,
+            }) => {
+                tracing::debug!(listener = %listener.name, client = %peer, "client needs a session of its own");
+                input = rest;
+                first = first.filter(|_| !replied);
+                authed = a;
+            }
+            Ok(shared::Next::Done) => return,
+            Ok(shared::Next::Linger) => return linger(client).await,
+            Err(e) => {
+                tracing::debug!(listener = %listener.name, client = %peer, error = %e, "session ended by an error");
+                return;
+            }
+        }
+    }
     let up = match pool.checkout().await {
         Ok(up) => up,
         Err(e) => {
@@ -51,8 +84,8 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, pool: Pool) {
     };
     let upstream = up.peer;
     let result = match listener.protocol {
-        Protocol::Raw => forward_raw(&mut client, up, &pool, accepted).await,
-        Protocol::Resp => forward_resp(&mut client, up, &pool, accepted).await,
+        Protocol::Raw => forward_raw(&mut client, up, &pool, first).await,
+        Protocol::Resp => forward_resp(&mut client, up, &pool, first, input, authed).await,
     };
     match result {
         Ok(end) => {
@@ -132,10 +165,10 @@ async fn forward_raw(
     client: &mut TcpStream,
     up: Dialed,
     pool: &Pool,
-    accepted: Instant,
+    first: Option<Instant>,
 ) -> io::Result<End> {
     let m = pool.metrics();
-    let mut first = Some((&m.first_reply, accepted));
+    let mut first = first.map(|t| (&m.first_reply, t));
     if !up.leftover.is_empty() {
         client.write_all(&up.leftover).await?;
         first = None;
@@ -220,7 +253,9 @@ async fn forward_resp(
     client: &mut TcpStream,
     up: Dialed,
     pool: &Pool,
-    accepted: Instant,
+    first: Option<Instant>,
+    input: BytesMut,
+    authed: bool,
 ) -> io::Result<End> {
     let l = pool.listener();
     let m = pool.metrics();
@@ -236,6 +271,9 @@ async fn forward_resp(
     let stop_requests = CancellationToken::new();
     let mut epoch = pool.epoch();
     let mut requests = Requests::new(l.client_auth.clone(), l.auth.clone());
+    if authed {
+        requests.set_authed();
+    }
     let mut replies = Replies::new();
     let Dialed {
         stream,
@@ -252,7 +290,9 @@ async fn forward_resp(
     let reuse = l.pool.reuse;
 
     let to_upstream = async {
-        let mut buf = BytesMut::with_capacity(BUF_SIZE);
+        // What the client sent before it got this session is processed before anything new.
+        let mut unread = !input.is_empty();
+        let mut buf = input;
         let (mut ops, mut entries) = (Vec::new(), Vec::new());
         let mut total = 0u64;
         loop {
@@ -270,9 +310,13 @@ async fn forward_resp(
             if lock(&shared).reply_opaque {
                 requests.set_opaque();
             }
-            let n = tokio::select! {
-                r = client_rd.read_buf(&mut buf) => r?,
-                _ = stop_requests.cancelled() => return Ok(total),
+            let n = if std::mem::take(&mut unread) {
+                buf.len()
+            } else {
+                tokio::select! {
+                    r = client_rd.read_buf(&mut buf) => r?,
+                    _ = stop_requests.cancelled() => return Ok(total),
+                }
             };
             if n == 0 {
                 break;
@@ -318,7 +362,7 @@ async fn forward_resp(
         let mut ops = Vec::new();
         let mut total = 0u64;
         let mut draining = false;
-        let mut first = Some(accepted);
+        let mut first = first;
         if !leftover.is_empty() {
             buf.extend_from_slice(&leftover);
         }

@@ -1,0 +1,439 @@
+//! Upstream sessions shared by several clients for plain data commands (`pool.multiplex`).
+//!
+//! On a session of its own, every request costs the tunnel a TLS record, a socket write and a
+//! socket read on the upstream side, and every connected client holds a TLS session. A shared
+//! session carries the requests of all clients that arrived together in one record and one
+//! write, and their replies in one read; an idle client holds no upstream state at all.
+//!
+//! Redis answers a connection's requests in order, so each shared session keeps a queue of
+//! routes (which client, how many replies) that the writer appends to before it writes and the
+//! reader pops as replies complete. A client uses one shared session at a time, so its own
+//! replies stay in order; when that session is retired (failover, age, idle time, an error) the
+//! client waits for the replies still owed to it before it moves to a fresh one. Which
+//! commands may be shared, and what happens at the first one that may not, is the session's
+//! business (`session::shared`).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_rustls::client::TlsStream;
+use tokio_util::sync::CancellationToken;
+
+use super::dial::{DialError, Dialed};
+use super::pool::{Pool, WeakPool};
+use crate::config::Role;
+use crate::lock;
+use crate::metrics::{GaugeGuard, ListenerMetrics};
+use crate::resp::scan::{Dir, Scanner};
+
+/// Requests written to the server in one go, at most; more wait for the next write.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// Upstream read buffer: one whole TLS record.
+const READ_BUF: usize = 16 * 1024;
+
+/// Reply bytes queued for one client that it has not taken yet. A client that stops reading
+/// cannot hold the shared session back (its co-tenants' replies share the stream), so beyond
+/// this it is disconnected, as Redis disconnects clients past `client-output-buffer-limit`.
+pub const MAX_QUEUED: usize = 32 * 1024 * 1024;
+
+/// Complete requests of one client, and where their replies go.
+pub struct Batch {
+    pub bytes: Bytes,
+    pub replies: u32,
+    pub to: Arc<Sink>,
+}
+
+/// Reply bytes for a client, and how many replies end in them.
+pub struct Delivery {
+    pub bytes: Bytes,
+    pub replies: u32,
+    /// The client can no longer be served, and why: write `bytes`, then close.
+    pub close: Option<&'static str>,
+}
+
+/// A client's receiving end, shared with the readers of the sessions it used.
+pub struct Sink {
+    tx: mpsc::UnboundedSender<Delivery>,
+    queued: AtomicUsize,
+    cut: AtomicBool,
+}
+
+impl Sink {
+    pub fn new() -> (Arc<Sink>, mpsc::UnboundedReceiver<Delivery>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sink = Sink {
+            tx,
+            queued: AtomicUsize::new(0),
+            cut: AtomicBool::new(false),
+        };
+        (Arc::new(sink), rx)
+    }
+
+    /// The client wrote `n` delivered bytes out.
+    pub fn taken(&self, n: usize) {
+        self.queued.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    fn deliver(&self, bytes: Bytes, replies: u32) {
+        if self.cut.load(Ordering::Relaxed) {
+            return;
+        }
+        let queued = self.queued.fetch_add(bytes.len(), Ordering::Relaxed) + bytes.len();
+        if queued > MAX_QUEUED {
+            // Cut wherever the stream is, maybe mid-reply, so nothing more can be written.
+            self.cut.store(true, Ordering::Relaxed);
+            let _ = self.tx.send(Delivery {
+                bytes: Bytes::new(),
+                replies,
+                close: Some("it fell too far behind reading its replies"),
+            });
+            return;
+        }
+        let _ = self.tx.send(Delivery {
+            bytes,
+            replies,
+            close: None,
+        });
+    }
+
+    fn fail(&self, replies: u32, partial: bool, why: &str) {
+        if partial {
+            // A reply was cut off midway; nothing can follow it on this connection.
+            self.cut.store(true, Ordering::Relaxed);
+            let _ = self.tx.send(Delivery {
+                bytes: Bytes::new(),
+                replies,
+                close: Some("its upstream session broke in the middle of a reply"),
+            });
+            return;
+        }
+        let line = format!("-ERR ectunnel: {why}\r\n");
+        let mut b = BytesMut::with_capacity(line.len() * replies as usize);
+        for _ in 0..replies {
+            b.extend_from_slice(line.as_bytes());
+        }
+        self.deliver(b.freeze(), replies);
+    }
+}
+
+struct Route {
+    to: Arc<Sink>,
+    left: u32,
+}
+
+/// Replies owed, in the order the requests were written; `dead` once the session broke.
+#[derive(Default)]
+struct Routes {
+    q: VecDeque<Route>,
+    dead: Option<String>,
+}
+
+impl Routes {
+    /// Answers everything still owed with the error, and refuses what comes later.
+    fn die(&mut self, why: String, mut partial: bool) {
+        for r in self.q.drain(..) {
+            r.to.fail(r.left, partial, &why);
+            partial = false;
+        }
+        self.dead.get_or_insert(why);
+    }
+}
+
+/// One shared upstream session: a writer task and a reader task around one TLS stream.
+pub struct Shared {
+    tx: mpsc::UnboundedSender<Batch>,
+    routes: Arc<Mutex<Routes>>,
+    retired: Arc<AtomicBool>,
+    peer: SocketAddr,
+    created: Instant,
+    /// Milliseconds after `created` of the last request.
+    last_used: AtomicU64,
+}
+
+impl Shared {
+    /// Queues a batch. Never waits: the writer takes whatever has queued up at its next write.
+    pub fn send(&self, b: Batch) {
+        self.last_used.store(
+            u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        if let Err(mpsc::error::SendError(b)) = self.tx.send(b) {
+            b.to.fail(b.replies, false, "upstream session closed");
+        }
+    }
+
+    /// No client should start using it (replies still owed keep coming).
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+
+    fn usable(&self, pool: &Pool) -> bool {
+        let l = &pool.listener().pool;
+        let idle = self.created.elapsed().saturating_sub(Duration::from_millis(
+            self.last_used.load(Ordering::Relaxed),
+        ));
+        let ok = !self.is_retired()
+            && lock(&self.routes).dead.is_none()
+            && self.created.elapsed() < l.max_lifetime
+            && idle < l.health_interval
+            && pool.current_node().is_none_or(|n| n == self.peer);
+        if !ok {
+            self.retired.store(true, Ordering::Relaxed);
+        }
+        ok
+    }
+}
+
+/// A listener's shared sessions: `pool.multiplex` slots, each filled on first use and
+/// refilled from the pool once its session is retired.
+pub struct Mux {
+    slots: Vec<tokio::sync::Mutex<Option<Arc<Shared>>>>,
+    next: AtomicUsize,
+}
+
+impl Mux {
+    pub fn new(n: usize) -> Mux {
+        Mux {
+            slots: (0..n).map(|_| tokio::sync::Mutex::new(None)).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        !self.slots.is_empty()
+    }
+
+    /// The slot a new client uses, round robin.
+    pub fn assign(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len().max(1)
+    }
+
+    /// The slot's session, taking a fresh one from the pool when it has none usable. Clients
+    /// of one slot wait on one checkout rather than each dialling.
+    pub async fn get(&self, slot: usize, pool: &Pool) -> Result<Arc<Shared>, DialError> {
+        let mut s = self.slots[slot % self.slots.len()].lock().await;
+        if let Some(cur) = s.as_ref()
+            && cur.usable(pool)
+        {
+            return Ok(cur.clone());
+        }
+        let fresh = Arc::new(start(pool.checkout().await?, pool));
+        *s = Some(fresh.clone());
+        Ok(fresh)
+    }
+}
+
+fn start(up: Dialed, pool: &Pool) -> Shared {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let routes = Arc::new(Mutex::new(Routes::default()));
+    let retired = Arc::new(AtomicBool::new(false));
+    let kill = CancellationToken::new();
+    let (rd, wr) = tokio::io::split(up.stream);
+    let l = pool.listener();
+    tracing::debug!(listener = %l.name, peer = %up.peer, "shared session started");
+    tokio::spawn(write(
+        wr,
+        rx,
+        routes.clone(),
+        kill.clone(),
+        pool.metrics().clone(),
+    ));
+    tokio::spawn(read(Reader {
+        rd,
+        leftover: up.leftover,
+        routes: routes.clone(),
+        retired: retired.clone(),
+        kill,
+        pool: pool.downgrade(),
+        watch_readonly: l.role == Role::Primary,
+        metrics: pool.metrics().clone(),
+        name: l.name.clone(),
+        peer: up.peer,
+        _open: up.open,
+    }));
+    Shared {
+        tx,
+        routes,
+        retired,
+        peer: up.peer,
+        created: up.created,
+        last_used: AtomicU64::new(0),
+    }
+}
+
+/// Writes what clients queued, as few TLS records and writes as it can. Routes are recorded
+/// before the bytes go out, so the reader always finds the reply's owner.
+async fn write(
+    mut wr: WriteHalf<TlsStream<TcpStream>>,
+    mut rx: mpsc::UnboundedReceiver<Batch>,
+    routes: Arc<Mutex<Routes>>,
+    kill: CancellationToken,
+    m: ListenerMetrics,
+) {
+    let mut out = BytesMut::new();
+    while let Some(first) = tokio::select! {
+        b = rx.recv() => b,
+        _ = kill.cancelled() => None,
+    } {
+        let mut batch = vec![first];
+        let mut len = batch[0].bytes.len();
+        while len < BATCH_BYTES
+            && let Ok(b) = rx.try_recv()
+        {
+            len += b.bytes.len();
+            batch.push(b);
+        }
+        {
+            let mut r = lock(&routes);
+            if let Some(why) = r.dead.clone() {
+                for b in batch {
+                    b.to.fail(b.replies, false, &why);
+                }
+                continue;
+            }
+            for b in &batch {
+                match r.q.back_mut() {
+                    Some(last) if Arc::ptr_eq(&last.to, &b.to) => last.left += b.replies,
+                    _ => r.q.push_back(Route {
+                        to: b.to.clone(),
+                        left: b.replies,
+                    }),
+                }
+            }
+        }
+        let data: &[u8] = if batch.len() == 1 {
+            &batch[0].bytes
+        } else {
+            out.clear();
+            for b in &batch {
+                out.extend_from_slice(&b.bytes);
+            }
+            &out
+        };
+        let result = async {
+            wr.write_all(data).await?;
+            wr.flush().await
+        };
+        if let Err(e) = result.await {
+            lock(&routes).die(format!("upstream write failed: {e}"), false);
+            kill.cancel();
+            break;
+        }
+        m.to_upstream.inc_by(len as u64);
+        if out.capacity() > BATCH_BYTES * 2 {
+            out = BytesMut::new();
+        }
+    }
+    // Every handle is gone (or the session broke): close our side; the reader finishes what
+    // is owed, then sees the server close. A batch that raced the break is answered.
+    rx.close();
+    while let Ok(b) = rx.try_recv() {
+        b.to.fail(b.replies, false, "upstream session closed");
+    }
+    let _ = wr.shutdown().await;
+}
+
+struct Reader {
+    rd: ReadHalf<TlsStream<TcpStream>>,
+    leftover: BytesMut,
+    routes: Arc<Mutex<Routes>>,
+    retired: Arc<AtomicBool>,
+    kill: CancellationToken,
+    pool: WeakPool,
+    watch_readonly: bool,
+    metrics: ListenerMetrics,
+    name: String,
+    peer: SocketAddr,
+    _open: Option<GaugeGuard>,
+}
+
+/// Reads replies and hands each run of them to its client, as slices of the read buffer.
+async fn read(mut r: Reader) {
+    let mut scan = Scanner::new(Dir::Reply);
+    let mut buf = std::mem::take(&mut r.leftover);
+    // Replies of the route at the head already completed in earlier reads, and whether part of
+    // its current reply has gone out.
+    let (mut done_before, mut partial) = (0u32, false);
+    let why = loop {
+        if buf.is_empty() {
+            buf.reserve(READ_BUF);
+            let n = tokio::select! {
+                n = r.rd.read_buf(&mut buf) => n,
+                _ = r.kill.cancelled() => break "upstream session failed".to_owned(),
+            };
+            match n {
+                Ok(0) => break "the server closed the connection".to_owned(),
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    break "the server closed the connection".to_owned();
+                }
+                Err(e) => break format!("upstream read failed: {e}"),
+                Ok(_) => {}
+            }
+        }
+        let data = buf.split().freeze();
+        r.metrics.to_client.inc_by(data.len() as u64);
+        let mut routes = lock(&r.routes);
+        let (mut i, mut start, mut done) = (0, 0, done_before);
+        let mut readonly = false;
+        let mut fault = None;
+        while i < data.len() {
+            let Some(head) = routes.q.front() else {
+                fault = Some("the server sent a reply nobody asked for".to_owned());
+                break;
+            };
+            let frame_start = i;
+            let (n, complete) = match scan.feed(&data[i..]) {
+                Ok(x) => x,
+                Err(e) => {
+                    fault = Some(format!("unreadable reply from the server: {e}"));
+                    break;
+                }
+            };
+            i += n;
+            if !complete {
+                break;
+            }
+            if r.watch_readonly && data[frame_start..i].starts_with(b"-READONLY") && !partial {
+                readonly = true;
+            }
+            done += 1;
+            partial = false;
+            if done == head.left {
+                let head = routes.q.pop_front().expect("head checked above");
+                head.to.deliver(data.slice(start..i), done - done_before);
+                (start, done, done_before) = (i, 0, 0);
+            }
+        }
+        if fault.is_none() && start < i {
+            // The head's replies so far, and the start of one still arriving.
+            if let Some(head) = routes.q.front() {
+                head.to.deliver(data.slice(start..i), done - done_before);
+            }
+            partial = !scan.at_boundary();
+            done_before = done;
+        }
+        drop(routes);
+        if let Some(f) = fault {
+            break f;
+        }
+        if readonly && !r.retired.swap(true, Ordering::Relaxed) {
+            tracing::info!(listener = %r.name, peer = %r.peer, "the node answered as a replica; retiring the shared session");
+            if let Some(p) = r.pool.upgrade() {
+                p.demoted();
+            }
+        }
+    };
+    let mut routes = lock(&r.routes);
+    tracing::debug!(listener = %r.name, peer = %r.peer, owed = routes.q.len(), "shared session ended: {why}");
+    routes.die(why, partial);
+    r.retired.store(true, Ordering::Relaxed);
+    r.kill.cancel();
+}
