@@ -175,15 +175,23 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
+/// One thread: every task on one scheduler, with no cross-thread wake-ups (measured in
+/// README, Performance); more only when `threads` asks for them.
+fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    b.enable_all()
         .build()
         .context("cannot start the async runtime")
 }
 
 fn execute(config: Config, file: Option<PathBuf>, check: Option<bool>) -> anyhow::Result<ExitCode> {
-    runtime()?.block_on(async {
+    runtime(config.threads)?.block_on(async {
         if let Some(connect) = check {
             let ok = crate::check::check(&config, connect).await;
             return Ok(if ok {
@@ -279,7 +287,7 @@ fn fingerprint(files: &[PathBuf]) -> Vec<Option<Vec<u8>>> {
 }
 
 fn health(admin: &str) -> ExitCode {
-    let result = runtime().map_err(|e| e.to_string()).and_then(|rt| {
+    let result = runtime(1).map_err(|e| e.to_string()).and_then(|rt| {
         rt.block_on(async {
             tokio::time::timeout(Duration::from_secs(5), crate::admin::check_ready(admin))
                 .await

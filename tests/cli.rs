@@ -123,6 +123,55 @@ async fn flags_mode_injects_auth_never_logs_the_secret_and_drains_on_sigterm() {
 }
 
 #[tokio::test]
+async fn with_more_threads_shared_and_own_sessions_work_alike() {
+    let pki = pki(&["localhost"]);
+    let redis = Redis::start(&pki, &["--requirepass", TOKEN]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_config(
+        dir.path(),
+        &format!(
+            "threads = 2\n[tls]\nca_file = \"{}\"\n[auth]\npassword = \"{TOKEN}\"\n[[listener]]\nname = \"p\"\nlisten = \"127.0.0.1:0\"\nupstream = \"localhost:{}\"\n",
+            path_str(&pki.ca),
+            redis.port
+        ),
+    );
+    let mut bin = Bin::spawn(&["-c", &file], &[]);
+    let addr = bin.listen_addr();
+    let threads = std::fs::read_dir(format!("/proc/{}/task", bin.pid))
+        .unwrap()
+        .count();
+    assert!(
+        threads >= 3,
+        "{threads} threads: main and 2 workers expected"
+    );
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        tasks.push(tokio::spawn(async move {
+            let mut c = connect(addr).await;
+            let k = format!("k{i}");
+            for step in 0..20 {
+                let v = format!("{i}:{step}");
+                assert_eq!(roundtrip(&mut c, &cmd(&["SET", &k, &v])).await, "+OK\r\n");
+                let got = roundtrip(&mut c, &cmd(&["GET", &k])).await;
+                assert_eq!(got, format!("${}\r\n{v}\r\n", v.len()));
+            }
+            // From here on a session of its own.
+            assert_eq!(roundtrip(&mut c, &cmd(&["SELECT", "0"])).await, "+OK\r\n");
+            assert_eq!(
+                roundtrip(&mut c, &cmd(&["INCR", "n"])).await.as_bytes()[0],
+                b':'
+            );
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    bin.signal("TERM");
+    let (status, log) = bin.finish();
+    assert_eq!(status.code(), Some(0), "{log}");
+}
+
+#[tokio::test]
 async fn a_failed_dial_is_logged_once_at_warn_with_the_listener_name_in_json() {
     let pki = pki(&["localhost"]);
     let redis = Redis::start(&pki, &["--requirepass", TOKEN]);

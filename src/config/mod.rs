@@ -30,6 +30,9 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct Config {
     pub connect_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Threads forwarding traffic. One thread serves tens of thousands of requests a second
+    /// and lets the clients of a shared session queue into one write; read at start only.
+    pub threads: usize,
     pub listeners: Vec<ListenerConfig>,
     /// `[admin] listen`: the HTTP endpoint for /metrics, /healthz, /readyz.
     pub admin: Option<SocketAddr>,
@@ -100,6 +103,8 @@ impl fmt::Display for Role {
         })
     }
 }
+
+const MAX_THREADS: usize = 256;
 
 /// More shared sessions than this buys nothing: Redis runs commands on one thread.
 const MAX_MULTIPLEX: usize = 16;
@@ -338,6 +343,7 @@ impl Config {
 struct RawConfig {
     connect_timeout: Option<Spanned<HumanDuration<Duration>>>,
     shutdown_grace: Option<Spanned<HumanDuration<Duration>>>,
+    threads: Option<Spanned<usize>>,
     tls: Option<RawTls>,
     auth: Option<Spanned<RawAuth>>,
     client_auth: Option<Spanned<RawClientAuth>>,
@@ -531,6 +537,17 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
         .shutdown_grace
         .as_ref()
         .map_or(DEFAULT_SHUTDOWN_GRACE, |d| **d.get_ref());
+    let threads = match &raw.threads {
+        Some(t) if !(1..=MAX_THREADS).contains(t.get_ref()) => {
+            return Err(src.invalid(
+                &t.span(),
+                "threads",
+                format!("must be between 1 and {MAX_THREADS}"),
+            ));
+        }
+        Some(t) => *t.get_ref(),
+        None => 1,
+    };
     if raw.listener.is_empty() {
         return Err(ConfigError::Invalid {
             origin: src.name.clone(),
@@ -726,6 +743,7 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
     Ok(Config {
         connect_timeout,
         shutdown_grace,
+        threads,
         listeners,
         admin,
     })
@@ -1069,6 +1087,26 @@ mod tests {
         );
         let e = err("");
         assert!(e.contains("no [[listener]]"), "{e}");
+    }
+
+    #[test]
+    fn threads_and_multiplex_are_bounded() {
+        assert_eq!(
+            err(&format!("threads = 0\n{MIN}")),
+            "t.toml:1: threads: must be between 1 and 256"
+        );
+        assert_eq!(
+            err(&format!("[pool]\nmultiplex = 17\n{MIN}")),
+            "t.toml:2: pool.multiplex: must be at most 16 (shared sessions per listener)"
+        );
+        let c = Config::from_toml(
+            &format!("threads = 4\n[pool]\nmultiplex = 0\n{MIN}[listener.pool]\nmultiplex = 3\n"),
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!((c.threads, c.listeners[0].pool.multiplex), (4, 3));
+        let c = Config::from_toml(MIN, "t.toml").unwrap();
+        assert_eq!((c.threads, c.listeners[0].pool.multiplex), (1, 2));
     }
 
     #[test]

@@ -8,13 +8,16 @@
 //! socket is readable, and a shared session only while replies are owed.
 
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::ready;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_util::io::poll_read_buf;
 
 use crate::config::{ClientAuth, Credentials};
 use crate::resp::command::{self, Cmd};
@@ -264,20 +267,28 @@ pub async fn serve(
                     return Ok(Next::Done);
                 }
             }
-            r = client.readable(), if read => {
-                r?;
-                if buf.capacity() - buf.len() < READ_BUF / 4 {
-                    buf.reserve(READ_BUF);
-                }
-                match client.try_read_buf(&mut buf) {
-                    Ok(0) => stop = Some(Stop::Eof),
-                    Ok(_) => rescan = true,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
+            n = read_when_ready(client, &mut buf), if read => {
+                if n? == 0 {
+                    stop = Some(Stop::Eof);
+                } else {
+                    rescan = true;
                 }
             }
         }
     }
+}
+
+/// Reads once the socket is readable, taking a buffer only then, so an idle client holds none.
+/// (A short read also tells tokio the socket is drained, saving a read that would block.)
+async fn read_when_ready(client: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        ready!(client.poll_read_ready(cx))?;
+        if buf.capacity() - buf.len() < READ_BUF / 4 {
+            buf.reserve(READ_BUF);
+        }
+        poll_read_buf(Pin::new(&mut *client), cx, buf)
+    })
+    .await
 }
 
 /// Where scanning a buffer stopped early.

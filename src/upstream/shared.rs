@@ -283,6 +283,9 @@ async fn write(
         b = rx.recv() => b,
         _ = kill.cancelled() => None,
     } {
+        // Let the other clients that became ready in this round queue their requests too, so
+        // they share this write (and the server's read, and one reply read back).
+        tokio::task::yield_now().await;
         let mut batch = vec![first];
         let mut len = batch[0].bytes.len();
         while len < BATCH_BYTES
