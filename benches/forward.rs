@@ -1,15 +1,18 @@
-//! The forwarding path in memory: the RESP scanner alone, and the whole session engine (client
-//! bytes in, upstream bytes out, replies back), against a plain copy of the same bytes.
+//! The forwarding path in memory: the RESP scanner alone, the whole session engine (client
+//! bytes in, upstream bytes out, replies back) against a plain copy of the same bytes, and the
+//! split of a client's input into what may share an upstream session.
 //!
-//! `cargo bench --bench forward` (add `-- scan/` or `-- session/` to pick a group).
+//! `cargo bench --bench forward` (add `-- scan/`, `-- session/` or `-- share/` to pick a group).
 
 use std::hint::black_box;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ectunnel::config::{ClientAuth, Credentials, Secret};
 use ectunnel::resp::memory::MemSession;
 use ectunnel::resp::scan::{Dir, Scanner};
+use ectunnel::resp::share::Splitter;
 
 /// What a socket read hands the engine at a time.
 const CHUNK: usize = 16 * 1024;
@@ -184,12 +187,48 @@ fn session(c: &mut Criterion) {
     g.finish();
 }
 
+/// A client's input split into what may share an upstream session, in socket-sized reads, as
+/// a shared-session client does per read (the step the shared path adds to every request).
+fn split_all(data: &[u8]) -> u32 {
+    let mut s = Splitter::new(ClientAuth::Passthrough, None);
+    let (mut replies, mut buf) = (0, BytesMut::with_capacity(2 * CHUNK));
+    for chunk in data.chunks(CHUNK) {
+        buf.extend_from_slice(chunk);
+        let split = s.split(&buf);
+        assert!(split.stop.is_none());
+        replies += split.replies;
+        // The run goes out; a frame cut by the read boundary stays for the next read.
+        let _ = buf.split_to(split.len);
+    }
+    replies
+}
+
+fn share(c: &mut Criterion) {
+    let cases: Vec<(&str, Vec<u8>, u32)> = vec![
+        ("get", gets(4096), 4096),
+        ("set_64B", sets(4096, 64), 4096),
+        ("inline_get", inline(4096), 4096),
+    ];
+    let mut g = c.benchmark_group("share");
+    for (name, data, n) in &cases {
+        assert_eq!(split_all(data), *n, "{name}");
+        g.throughput(Throughput::ElementsAndBytes {
+            elements: u64::from(*n),
+            bytes: data.len() as u64,
+        });
+        g.bench_function(format!("split/{name}"), |b| {
+            b.iter(|| split_all(black_box(data)))
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .sample_size(30);
-    targets = scanner, session
+    targets = scanner, session, share
 }
 criterion_main!(benches);

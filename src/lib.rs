@@ -4,9 +4,12 @@
 //! - [`cli`]: the command line (thin `main.rs` calls [`cli::main`]); exit codes.
 //! - [`config`]: TOML → validated [`config::Config`]; [`config::secret`] masks credentials.
 //! - [`tls`]: rustls client configuration (roots, versions, client certificate).
-//! - [`upstream`]: dialling an upstream: DNS → TCP → TLS → AUTH, failures named by stage.
-//! - [`resp`]: the RESP the tunnel itself speaks (its own commands and their one-line replies).
-//! - [`session`]: one client: dial, then forward both directions with half-close.
+//! - [`upstream`]: dialling an upstream (DNS → TCP → TLS → AUTH, failures named by stage), the
+//!   pool of ready sessions, and the sessions clients share ([`upstream::shared`]).
+//! - [`resp`]: the streaming scanner, the session engine, what may be shared, and the RESP the
+//!   tunnel itself speaks.
+//! - [`session`]: one client: on shared sessions while it can be, then on a session of its own
+//!   (RESP engine or raw pipe), forwarding both directions with half-close.
 //! - [`server`]: binding listeners, accepting, graceful drain on shutdown.
 //! - [`shutdown`]: the SIGINT/SIGTERM future.
 //! - [`check`]: `ectunnel check [--connect]`.

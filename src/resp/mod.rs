@@ -1,11 +1,12 @@
 //! RESP: the streaming scanner ([`scan`]), command classification ([`command`]), the session
-//! engine ([`engine`]); and here, the little RESP the tunnel itself speaks: encoding its own
+//! engine ([`engine`]), what may go over a shared session ([`share`]); and here, the little RESP the tunnel itself speaks: encoding its own
 //! commands (AUTH, ROLE, PING, RESET) and reading their replies.
 
 pub mod command;
 pub mod engine;
 pub mod memory;
 pub mod scan;
+pub mod share;
 
 use bytes::{Buf, BytesMut};
 use redis_protocol::resp2::types::OwnedFrame;

@@ -1,5 +1,5 @@
 //! A client on the listener's shared upstream sessions, for as long as it sends only plain data
-//! commands ([`command::shareable`]). At its first other command (AUTH, SELECT, MULTI,
+//! commands (which ones: [`crate::resp::share`]). At its first other command (AUTH, SELECT, MULTI,
 //! SUBSCRIBE, a blocking command, anything unknown), or a request too long to hold whole, it
 //! gets every reply it is owed, then leaves this loop to continue on a session of its own,
 //! starting with that command: connection state is then exactly what it would be directly.
@@ -19,10 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::io::poll_read_buf;
 
-use crate::config::{ClientAuth, Credentials};
-use crate::resp::command::{self, Cmd};
-use crate::resp::engine::{HOLD_LIMIT, credentials_match};
-use crate::resp::scan::{Dir, FrameInfo, Scanner};
+use crate::resp::share::{self, Splitter};
 use crate::upstream::Pool;
 use crate::upstream::shared::{Batch, Delivery, Shared, Sink};
 
@@ -55,92 +52,6 @@ enum Stop {
     Malformed(Bytes),
 }
 
-/// What to do with one complete request frame.
-#[derive(Debug, PartialEq, Eq)]
-enum Decision {
-    /// Send it on the shared session; it expects this many replies (0 or 1).
-    Share(u32),
-    /// Answer it here, once the replies before it are out; then close if `quit`.
-    Local { reply: &'static [u8], quit: bool },
-    /// It needs a session of its own.
-    Own,
-}
-
-/// The client's standing, for deciding what may be shared.
-struct Gate<'a> {
-    policy: &'a ClientAuth,
-    inject: Option<&'a Credentials>,
-    /// `require` mode: the client gave the tunnel's password.
-    authed: bool,
-}
-
-impl Gate<'_> {
-    fn decide(&mut self, frame: &[u8], info: &FrameInfo) -> Decision {
-        let inline = info.kind != b'*';
-        let name = if inline {
-            match command::inline_name(frame) {
-                Some(n) => n,
-                None => return Decision::Share(0), // an empty line: ignored, no reply
-            }
-        } else if info.argc <= 0 {
-            return Decision::Share(0); // `*0`, `*-1`: ignored, no reply
-        } else {
-            let (off, len) = info.args[0];
-            match frame.get(off as usize..(off + len) as usize) {
-                Some(n) => n,
-                None => return Decision::Own,
-            }
-        };
-        let args = || {
-            if inline {
-                command::inline_args(frame)
-            } else {
-                command::multibulk_args(frame)
-            }
-        };
-        match command::classify(name) {
-            Cmd::Auth => self.auth(args()),
-            // QUIT would close a shared session for everyone; answered here as Redis would.
-            Cmd::Quit => Decision::Local {
-                reply: b"+OK\r\n",
-                quit: true,
-            },
-            _ if matches!(self.policy, ClientAuth::Require(_)) && !self.authed => Decision::Own,
-            // Unbalanced quotes make Redis close the connection: not on a shared one.
-            _ if command::shareable(name) && (!inline || args().is_some()) => Decision::Share(1),
-            _ => Decision::Own,
-        }
-    }
-
-    /// `AUTH` is answered here when its answer is known: `absorb` says OK to any, `require`
-    /// to the tunnel's password, `passthrough` to the very credentials the shared sessions
-    /// were authenticated with (what the server would answer). Anything else is the server's
-    /// to judge, on a session of the client's own.
-    fn auth(&mut self, args: Option<Vec<Vec<u8>>>) -> Decision {
-        let args = args.unwrap_or_default();
-        let (user, pass) = match args.len() {
-            2 => (&b"default"[..], &args[1][..]),
-            3 => (&args[1][..], &args[2][..]),
-            _ => return Decision::Own,
-        };
-        let ok = match self.policy {
-            ClientAuth::Absorb => true,
-            ClientAuth::Require(c) => credentials_match(c, user, pass),
-            ClientAuth::Passthrough => self
-                .inject
-                .is_some_and(|c| credentials_match(c, user, pass)),
-        };
-        if !ok {
-            return Decision::Own;
-        }
-        self.authed = true;
-        Decision::Local {
-            reply: b"+OK\r\n",
-            quit: false,
-        }
-    }
-}
-
 /// Serves the client on shared sessions until it leaves or needs a session of its own.
 pub async fn serve(
     client: &mut TcpStream,
@@ -150,11 +61,7 @@ pub async fn serve(
 ) -> io::Result<Next> {
     let mux = pool.mux();
     let l = pool.listener();
-    let mut gate = Gate {
-        policy: &l.client_auth,
-        inject: l.auth.as_ref(),
-        authed: false,
-    };
+    let mut splitter = Splitter::new(l.client_auth.clone(), l.auth.clone());
     let (sink, mut rx) = Sink::new();
     // The shared session in use, kept only while replies are owed on it.
     let mut on: Option<Arc<Shared>> = None;
@@ -164,9 +71,6 @@ pub async fn serve(
     let mut local: Option<(&'static [u8], bool, usize)> = None;
     let mut stop: Option<Stop> = None;
     let mut buf = BytesMut::new();
-    let mut scan = Scanner::new(Dir::Request);
-    // Bytes at the start of `buf` already scanned: part of a frame still arriving.
-    let mut held = 0usize;
     let mut rescan = false;
     let mut first = Some(accepted);
     loop {
@@ -223,7 +127,7 @@ pub async fn serve(
                         return Ok(Next::Own {
                             input,
                             replied: first.is_none(),
-                            authed: gate.authed,
+                            authed: splitter.authed(),
                         });
                     }
                     Some(Stop::Malformed(line)) => {
@@ -235,16 +139,16 @@ pub async fn serve(
         }
         if rescan && waiting.is_none() && local.is_none() && stop.is_none() {
             rescan = false;
-            let (len, replies, end) = split(&buf, &mut scan, &mut held, &mut gate);
-            let bytes = buf.split_to(len).freeze();
-            if replies > 0 {
-                waiting = Some((bytes, replies));
+            let split = splitter.split(&buf);
+            let bytes = buf.split_to(split.len).freeze();
+            if split.replies > 0 {
+                waiting = Some((bytes, split.replies));
             }
-            match end {
+            match split.stop {
                 None => {}
-                Some(Split::Own) => stop = Some(Stop::Own(std::mem::take(&mut buf))),
-                Some(Split::Malformed(line)) => stop = Some(Stop::Malformed(line)),
-                Some(Split::Local { reply, quit, len }) => local = Some((reply, quit, len)),
+                Some(share::Stop::Own) => stop = Some(Stop::Own(std::mem::take(&mut buf))),
+                Some(share::Stop::Malformed(line)) => stop = Some(Stop::Malformed(line)),
+                Some(share::Stop::Local { reply, quit, len }) => local = Some((reply, quit, len)),
             }
             if buf.is_empty() {
                 // Idle clients hold no buffer; its memory goes once the batch is written.
@@ -289,59 +193,6 @@ async fn read_when_ready(client: &mut TcpStream, buf: &mut BytesMut) -> io::Resu
         poll_read_buf(Pin::new(&mut *client), cx, buf)
     })
     .await
-}
-
-/// Where scanning a buffer stopped early.
-enum Split {
-    /// At a request that needs the client's own session.
-    Own,
-    /// At malformed input: the error to send once the replies before it are out.
-    Malformed(Bytes),
-    /// At a request of `len` bytes the tunnel answers itself.
-    Local {
-        reply: &'static [u8],
-        quit: bool,
-        len: usize,
-    },
-}
-
-/// Scans `buf` (from `held`): how many bytes of complete shareable requests it starts with,
-/// how many replies they expect, and why it stopped before the end, if it did.
-fn split(
-    buf: &[u8],
-    scan: &mut Scanner,
-    held: &mut usize,
-    gate: &mut Gate<'_>,
-) -> (usize, u32, Option<Split>) {
-    let (mut i, mut start, mut replies) = (*held, 0, 0u32);
-    *held = 0;
-    while i < buf.len() {
-        let (n, done) = match scan.feed(&buf[i..]) {
-            Ok(r) => r,
-            Err(e) => {
-                let line = format!("-ERR ectunnel: protocol error: {e}\r\n");
-                return (start, replies, Some(Split::Malformed(Bytes::from(line))));
-            }
-        };
-        i += n;
-        if !done {
-            if i - start > HOLD_LIMIT || scan.info().longest_arg > HOLD_LIMIT as u64 {
-                return (start, replies, Some(Split::Own));
-            }
-            break;
-        }
-        match gate.decide(&buf[start..i], scan.info()) {
-            Decision::Share(r) => replies += r,
-            Decision::Own => return (start, replies, Some(Split::Own)),
-            Decision::Local { reply, quit } => {
-                let len = i - start;
-                return (start, replies, Some(Split::Local { reply, quit, len }));
-            }
-        }
-        start = i;
-    }
-    *held = i - start;
-    (start, replies, None)
 }
 
 /// Writes a delivery and whatever else has arrived, in one write where there are several.
