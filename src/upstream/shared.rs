@@ -278,7 +278,7 @@ async fn write(
     kill: CancellationToken,
     m: ListenerMetrics,
 ) {
-    let mut out = BytesMut::new();
+    let (mut out, mut batch) = (BytesMut::new(), Vec::new());
     while let Some(first) = tokio::select! {
         b = rx.recv() => b,
         _ = kill.cancelled() => None,
@@ -286,8 +286,8 @@ async fn write(
         // Let the other clients that became ready in this round queue their requests too, so
         // they share this write (and the server's read, and one reply read back).
         tokio::task::yield_now().await;
-        let mut batch = vec![first];
-        let mut len = batch[0].bytes.len();
+        let mut len = first.bytes.len();
+        batch.push(first);
         while len < BATCH_BYTES
             && let Ok(b) = rx.try_recv()
         {
@@ -297,7 +297,7 @@ async fn write(
         {
             let mut r = lock(&routes);
             if let Some(why) = r.dead.clone() {
-                for b in batch {
+                for b in batch.drain(..) {
                     b.to.fail(b.replies, false, &why);
                 }
                 continue;
@@ -331,6 +331,7 @@ async fn write(
             break;
         }
         m.to_upstream.inc_by(len as u64);
+        batch.clear();
         if out.capacity() > BATCH_BYTES * 2 {
             out = BytesMut::new();
         }
