@@ -161,10 +161,8 @@ pub struct Shared {
 impl Shared {
     /// Queues a batch. Never waits: the writer takes whatever has queued up at its next write.
     pub fn send(&self, b: Batch) {
-        self.last_used.store(
-            u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        self.last_used
+            .store(millis(self.created.elapsed()), Ordering::Relaxed);
         if let Err(mpsc::error::SendError(b)) = self.tx.send(b) {
             b.to.fail(b.replies, false, "upstream session closed");
         }
@@ -190,6 +188,10 @@ impl Shared {
         }
         ok
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A listener's shared sessions: `pool.multiplex` slots, each filled on first use and
@@ -259,13 +261,15 @@ fn start(up: Dialed, pool: &Pool) -> Shared {
         peer: up.peer,
         _open: up.open,
     }));
+    // Idle from now on, not from the dial: it may have waited in the pool.
+    let now = millis(up.created.elapsed());
     Shared {
         tx,
         routes,
         retired,
         peer: up.peer,
         created: up.created,
-        last_used: AtomicU64::new(0),
+        last_used: AtomicU64::new(now),
     }
 }
 
