@@ -40,40 +40,63 @@ const LINGER: Duration = Duration::from_secs(5);
 /// Serves one accepted client to completion.
 pub async fn serve(mut client: TcpStream, peer: SocketAddr, pool: Pool) {
     let accepted = Instant::now();
-    let listener = pool.listener().clone();
     let _counted = pool.metrics().client_guard();
     // Nagle would hold small replies back waiting for ACKs; RESP is request/response.
     let _ = client.set_nodelay(true);
-    let mut input = BytesMut::new();
-    let mut first = Some(accepted);
-    let mut authed = false;
-    if listener.protocol == Protocol::Resp && pool.mux().enabled() {
+    let mut own = Own {
+        input: BytesMut::new(),
+        first: Some(accepted),
+        authed: false,
+    };
+    let l = pool.listener();
+    if l.protocol == Protocol::Resp && pool.mux().enabled() {
         // A shared session now, so that an upstream failure is explained at once, as it is
         // to a client with a session of its own.
         let slot = pool.mux().assign();
         if let Err(e) = pool.mux().get(slot, &pool).await {
-            tracing::warn!(listener = %listener.name, client = %peer, "{e}");
-            return refuse(client, &e).await;
+            tracing::warn!(listener = %l.name, client = %peer, "{e}");
+            return Box::pin(refuse(client, &e)).await;
         }
         match shared::serve(&mut client, &pool, slot, accepted).await {
             Ok(shared::Next::Own {
-                input: rest,
+                input,
                 replied,
-                authed: a,
+                authed,
             }) => {
-                tracing::debug!(listener = %listener.name, client = %peer, "client needs a session of its own");
-                input = rest;
-                first = first.filter(|_| !replied);
-                authed = a;
+                tracing::debug!(listener = %l.name, client = %peer, "client needs a session of its own");
+                own = Own {
+                    input,
+                    first: own.first.filter(|_| !replied),
+                    authed,
+                };
             }
             Ok(shared::Next::Done) => return,
-            Ok(shared::Next::Linger) => return linger(client).await,
+            Ok(shared::Next::Linger) => return Box::pin(linger(client)).await,
             Err(e) => {
-                tracing::debug!(listener = %listener.name, client = %peer, error = %e, "session ended by an error");
+                tracing::debug!(listener = %l.name, client = %peer, error = %e, "session ended by an error");
                 return;
             }
         }
     }
+    // Boxed: this part's state (a dial, both directions, the RESET on give-back: ~4 KB) would
+    // otherwise be in every client's task, also while it idles on shared sessions.
+    Box::pin(serve_own(client, peer, &pool, own)).await
+}
+
+/// Where a client starts on a session of its own.
+struct Own {
+    /// What it sent that no session has seen yet.
+    input: BytesMut,
+    /// When it connected, if nothing was answered yet (for the first-reply histogram).
+    first: Option<Instant>,
+    /// It gave the tunnel's password already (`client_auth = "require"`).
+    authed: bool,
+}
+
+/// The client on a session of its own: from the pool or dialled, forwarded until both sides
+/// are done, then given back to the pool when that is safe.
+async fn serve_own(mut client: TcpStream, peer: SocketAddr, pool: &Pool, own: Own) {
+    let listener = pool.listener();
     let up = match pool.checkout().await {
         Ok(up) => up,
         Err(e) => {
@@ -84,8 +107,8 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, pool: Pool) {
     };
     let upstream = up.peer;
     let result = match listener.protocol {
-        Protocol::Raw => forward_raw(&mut client, up, &pool, first).await,
-        Protocol::Resp => forward_resp(&mut client, up, &pool, first, input, authed).await,
+        Protocol::Raw => forward_raw(&mut client, up, pool, own.first).await,
+        Protocol::Resp => forward_resp(&mut client, up, pool, own).await,
     };
     match result {
         Ok(end) => {
@@ -253,10 +276,13 @@ async fn forward_resp(
     client: &mut TcpStream,
     up: Dialed,
     pool: &Pool,
-    first: Option<Instant>,
-    input: BytesMut,
-    authed: bool,
+    own: Own,
 ) -> io::Result<End> {
+    let Own {
+        input,
+        first,
+        authed,
+    } = own;
     let l = pool.listener();
     let m = pool.metrics();
     let shared = Mutex::new(Shared {

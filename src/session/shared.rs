@@ -21,7 +21,7 @@ use tokio_util::io::poll_read_buf;
 
 use crate::resp::share::{self, Splitter};
 use crate::upstream::Pool;
-use crate::upstream::shared::{Batch, Delivery, Shared, Sink};
+use crate::upstream::shared::{Batch, Cut, Delivery, Shared, Sink};
 
 /// Read size while the client is active.
 const READ_BUF: usize = 16 * 1024;
@@ -166,8 +166,8 @@ pub async fn serve(
                 if let Some(t) = first.take() {
                     pool.metrics().first_reply.observe(t.elapsed().as_secs_f64());
                 }
-                if let Some(why) = close {
-                    tracing::warn!(listener = %l.name, "client disconnected: {why}");
+                if let Some(cut) = close {
+                    tracing::warn!(listener = %l.name, "client disconnected: {}", cut.why());
                     return Ok(Next::Done);
                 }
             }
@@ -202,7 +202,7 @@ async fn write_deliveries(
     sink: &Sink,
     d: Delivery,
     rx: &mut UnboundedReceiver<Delivery>,
-) -> io::Result<(u64, Option<&'static str>)> {
+) -> io::Result<(u64, Option<Cut>)> {
     let (mut replies, mut close) = (u64::from(d.replies), d.close);
     let mut out = d.bytes;
     if close.is_none()

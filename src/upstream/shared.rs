@@ -55,8 +55,25 @@ pub struct Batch {
 pub struct Delivery {
     pub bytes: Bytes,
     pub replies: u32,
-    /// The client can no longer be served, and why: write `bytes`, then close.
-    pub close: Option<&'static str>,
+    /// The client can no longer be served: write `bytes`, then close.
+    pub close: Option<Cut>,
+}
+
+/// Why a client is cut off (an enum rather than text: deliveries sit in a channel block of
+/// 32 per client, so their size is idle memory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    Behind,
+    Broken,
+}
+
+impl Cut {
+    pub fn why(self) -> &'static str {
+        match self {
+            Cut::Behind => "it fell too far behind reading its replies",
+            Cut::Broken => "its upstream session broke in the middle of a reply",
+        }
+    }
 }
 
 /// A client's receiving end, shared with the readers of the sessions it used.
@@ -93,7 +110,7 @@ impl Sink {
             let _ = self.tx.send(Delivery {
                 bytes: Bytes::new(),
                 replies,
-                close: Some("it fell too far behind reading its replies"),
+                close: Some(Cut::Behind),
             });
             return;
         }
@@ -111,7 +128,7 @@ impl Sink {
             let _ = self.tx.send(Delivery {
                 bytes: Bytes::new(),
                 replies,
-                close: Some("its upstream session broke in the middle of a reply"),
+                close: Some(Cut::Broken),
             });
             return;
         }
@@ -227,7 +244,8 @@ impl Mux {
         {
             return Ok(cur.clone());
         }
-        let fresh = Arc::new(start(pool.checkout().await?, pool));
+        // Boxed: a dial's state is large, and this future is part of every client's task.
+        let fresh = Arc::new(start(Box::pin(pool.checkout()).await?, pool));
         *s = Some(fresh.clone());
         Ok(fresh)
     }
