@@ -54,6 +54,8 @@ pub struct Metrics {
     first_reply: Histograms,
     bytes: Family<BytesLabels, Counter>,
     reused: Family<ListenerLabel, Counter>,
+    shared_requests: Family<ListenerLabel, Counter>,
+    own_sessions: Family<ListenerLabel, Counter>,
     failovers: Family<ListenerLabel, Counter>,
     cert_expiry: Family<CertLabels, Gauge>,
     reloads: Family<ReloadLabel, Counter>,
@@ -77,6 +79,8 @@ impl Metrics {
             first_reply: Family::new_with_constructor(latency_histogram),
             bytes: Family::default(),
             reused: Family::default(),
+            shared_requests: Family::default(),
+            own_sessions: Family::default(),
             failovers: Family::default(),
             cert_expiry: Family::default(),
             reloads: Family::default(),
@@ -128,6 +132,16 @@ impl Metrics {
             m.reused.clone(),
         );
         registry.register(
+            "shared_requests",
+            "Requests sent over upstream sessions shared by several clients",
+            m.shared_requests.clone(),
+        );
+        registry.register(
+            "own_sessions",
+            "Clients that took an upstream session of their own (a command that cannot be shared, or multiplex = 0)",
+            m.own_sessions.clone(),
+        );
+        registry.register(
             "failovers",
             "Moves of the node with the configured role",
             m.failovers.clone(),
@@ -177,6 +191,8 @@ impl Metrics {
             to_upstream: bytes("to_upstream"),
             to_client: bytes("to_client"),
             reused: self.reused.get_or_create(&l).clone(),
+            shared_requests: self.shared_requests.get_or_create(&l).clone(),
+            own_sessions: self.own_sessions.get_or_create(&l).clone(),
             failovers: self.failovers.get_or_create(&l).clone(),
             all: self.clone(),
         }
@@ -201,6 +217,8 @@ pub struct ListenerMetrics {
     pub to_upstream: Counter,
     pub to_client: Counter,
     pub reused: Counter,
+    pub shared_requests: Counter,
+    pub own_sessions: Counter,
     pub failovers: Counter,
     all: Arc<Metrics>,
 }

@@ -145,8 +145,23 @@ async fn metrics_move_as_a_client_uses_the_tunnel() {
         get(&during, "ectunnel_upstream_sessions_open{listener=primary}")
             >= get(&during, "ectunnel_upstream_sessions_idle{listener=primary}") + 1.0
     );
+    assert_eq!(
+        get(&during, "ectunnel_shared_requests_total{listener=primary}"),
+        1.0
+    );
+    assert_eq!(
+        get(&during, "ectunnel_own_sessions_total{listener=primary}"),
+        0.0
+    );
     // SELECT needs a session of its own, which goes back to the pool when the client leaves.
     assert_eq!(roundtrip(&mut c, &cmd(&["SELECT", "0"])).await, "+OK\r\n");
+    assert_eq!(
+        get(
+            &scrape(admin).await,
+            "ectunnel_own_sessions_total{listener=primary}"
+        ),
+        1.0
+    );
     drop(c);
     eventually("the session reused", || async {
         scrape(admin)

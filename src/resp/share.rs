@@ -121,6 +121,23 @@ impl Splitter {
     fn decide(&mut self, frame: &[u8]) -> Decision {
         let info: FrameInfo = *self.scan.info();
         let inline = info.kind != b'*';
+        // Redis closes the connection on what it cannot parse, which on a shared session would
+        // close it for everyone: only frames exactly as Redis reads them are shared. (The
+        // scanner is more lenient, which on a session of the client's own is harmless.)
+        if inline && memchr::memchr(0, frame).is_some() {
+            return Decision::Own; // sdssplitargs stops at a NUL, inside quotes an error
+        }
+        if !inline && !canonical_multibulk(frame) {
+            return Decision::Own;
+        }
+        // An unauthenticated connection may not send more than 10 arguments or one over
+        // 16 KiB (Redis closes it): without injected credentials the shared sessions may be.
+        if !inline
+            && self.inject.is_none()
+            && (info.argc > 10 || info.longest_arg > UNAUTHENTICATED_BULK)
+        {
+            return Decision::Own;
+        }
         let name = if inline {
             match command::inline_name(frame) {
                 Some(n) => n,
@@ -184,6 +201,50 @@ impl Splitter {
             quit: false,
         }
     }
+}
+
+/// The longest bulk Redis accepts from a connection that has not authenticated.
+const UNAUTHENTICATED_BULK: u64 = 16 * 1024;
+
+/// Whether a complete multibulk frame is written exactly as Redis parses it: `*<n>\r\n`, then
+/// per argument `$<len>\r\n<payload>\r\n`, lengths in plain decimal (no sign, no leading
+/// zero), and nothing else. `*0` and `*-1` (no reply) are the two empty frames.
+fn canonical_multibulk(f: &[u8]) -> bool {
+    if f == b"*0\r\n" || f == b"*-1\r\n" {
+        return true;
+    }
+    let Some((argc, mut i)) = decimal(f, 1).filter(|_| f.first() == Some(&b'*')) else {
+        return false;
+    };
+    for _ in 0..argc {
+        let Some((len, at)) = decimal(f, i + 1).filter(|_| f.get(i) == Some(&b'$')) else {
+            return false;
+        };
+        i = at.saturating_add(len);
+        if f.get(i..i + 2) != Some(b"\r\n") {
+            return false;
+        }
+        i += 2;
+    }
+    i == f.len() && argc > 0
+}
+
+/// A positive decimal at `f[at..]` ended by `\r\n`: its value and where what follows starts.
+fn decimal(f: &[u8], at: usize) -> Option<(usize, usize)> {
+    let digits = f
+        .get(at..)?
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    let text = &f[at..at + digits];
+    if digits == 0
+        || (digits > 1 && text[0] == b'0')
+        || f.get(at + digits..at + digits + 2) != Some(b"\r\n")
+    {
+        return None;
+    }
+    let value = std::str::from_utf8(text).ok()?.parse().ok()?;
+    Some((value, at + digits + 2))
 }
 
 fn malformed(e: &ScanError) -> Stop {
@@ -266,6 +327,39 @@ mod tests {
         ));
         assert!(s.authed());
         assert_eq!(s.split(&cmd(&["GET", "a"])).replies, 1);
+    }
+
+    #[test]
+    fn only_frames_exactly_as_redis_reads_them_are_shared() {
+        let shared = |input: &[u8]| {
+            let mut s = Splitter::new(ClientAuth::Passthrough, Some(token()));
+            s.split(input)
+        };
+        let ok = shared(&[cmd(&["GET", "k"]), b"*0\r\n".to_vec(), b"*-1\r\n".to_vec()].concat());
+        assert_eq!((ok.replies, ok.stop), (1, None));
+        for odd in [
+            &b"*01\r\n$4\r\nPING\r\n"[..],
+            b"*1\r\n$04\r\nPING\r\n",
+            b"*1\r\r\n$4\r\nPING\r\n",
+            b"*1\n$4\r\nPING\r\n",
+            b"*-0\r\n",
+            b"get \"a\0b\"\r\n",
+        ] {
+            let got = shared(odd);
+            assert!(
+                got.len == 0 && matches!(got.stop, Some(Stop::Own) | Some(Stop::Malformed(_))),
+                "{:?} -> {got:?}",
+                String::from_utf8_lossy(odd)
+            );
+        }
+        // Without injected credentials the shared sessions may be unauthenticated.
+        let many: Vec<String> = (0..11).map(|i| format!("k{i}")).collect();
+        let mut mget = vec!["MGET"];
+        mget.extend(many.iter().map(String::as_str));
+        let mut s = Splitter::new(ClientAuth::Passthrough, None);
+        assert_eq!(s.split(&cmd(&mget)).stop, Some(Stop::Own));
+        let mut s = Splitter::new(ClientAuth::Passthrough, Some(token()));
+        assert_eq!(s.split(&cmd(&mget)).replies, 1);
     }
 
     #[test]

@@ -97,6 +97,7 @@ struct Own {
 /// are done, then given back to the pool when that is safe.
 async fn serve_own(mut client: TcpStream, peer: SocketAddr, pool: &Pool, own: Own) {
     let listener = pool.listener();
+    pool.metrics().own_sessions.inc();
     let up = match pool.checkout().await {
         Ok(up) => up,
         Err(e) => {

@@ -7,6 +7,7 @@
 //! While idle it holds no buffer and no upstream session: a read buffer is taken when the
 //! socket is readable, and a shared session only while replies are owed.
 
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -27,7 +28,11 @@ use crate::upstream::shared::{Batch, Cut, Delivery, Shared, Sink};
 const READ_BUF: usize = 16 * 1024;
 
 /// Replies owed beyond which the client is not read until some are delivered.
-const MAX_OWED: u64 = 4096;
+const MAX_OWED: u64 = 1024;
+
+/// Request bytes sent and not yet answered beyond which the client is not read either: a
+/// slow server must not make the tunnel queue what TCP would have held back.
+const MAX_IN_FLIGHT: usize = 1024 * 1024;
 
 /// Where the client goes from here.
 pub enum Next {
@@ -66,6 +71,9 @@ pub async fn serve(
     // The shared session in use, kept only while replies are owed on it.
     let mut on: Option<Arc<Shared>> = None;
     let mut owed = 0u64;
+    // The batches sent and not yet fully answered: (replies still owed, bytes).
+    let mut in_flight: VecDeque<(u32, usize)> = VecDeque::new();
+    let mut in_flight_bytes = 0usize;
     // Requests scanned but not sent yet, and a request the tunnel answers after them.
     let mut waiting: Option<(Bytes, u32)> = None;
     let mut local: Option<(&'static [u8], bool, usize)> = None;
@@ -98,6 +106,9 @@ pub async fn serve(
                     },
                 };
                 owed += u64::from(replies);
+                in_flight.push_back((replies, bytes.len()));
+                in_flight_bytes += bytes.len();
+                pool.metrics().shared_requests.inc_by(u64::from(replies));
                 shared.send(Batch {
                     bytes,
                     replies,
@@ -156,13 +167,29 @@ pub async fn serve(
             }
             continue;
         }
-        let read = stop.is_none() && waiting.is_none() && local.is_none() && owed < MAX_OWED;
+        let read = stop.is_none()
+            && waiting.is_none()
+            && local.is_none()
+            && owed < MAX_OWED
+            && in_flight_bytes < MAX_IN_FLIGHT;
         tokio::select! {
             biased;
             d = rx.recv() => {
                 let Some(d) = d else { return Ok(Next::Done) };
                 let (replies, close) = write_deliveries(client, &sink, d, &mut rx).await?;
                 owed = owed.saturating_sub(replies);
+                let mut answered = replies;
+                while answered > 0
+                    && let Some((left, bytes)) = in_flight.front_mut()
+                {
+                    let n = answered.min(u64::from(*left));
+                    *left -= n as u32;
+                    answered -= n;
+                    if *left == 0 {
+                        in_flight_bytes -= *bytes;
+                        in_flight.pop_front();
+                    }
+                }
                 if let Some(t) = first.take() {
                     pool.metrics().first_reply.observe(t.elapsed().as_secs_f64());
                 }
@@ -220,7 +247,11 @@ async fn write_deliveries(
         }
         out = joined.freeze();
     }
-    client.write_all(&out).await?;
+    // A client that does not read blocks this write; being cut off must still end it.
+    tokio::select! {
+        r = client.write_all(&out) => r?,
+        cut = sink.cut_off() => return Ok((replies, Some(cut))),
+    }
     sink.taken(out.len());
     Ok((replies, close))
 }

@@ -15,19 +15,19 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use super::dial::{DialError, Dialed};
-use super::pool::{Pool, WeakPool};
+use super::pool::{Epoch, Pool, WeakPool};
 use crate::config::Role;
 use crate::lock;
 use crate::metrics::{GaugeGuard, ListenerMetrics};
@@ -38,6 +38,10 @@ const BATCH_BYTES: usize = 64 * 1024;
 
 /// Upstream read buffer: one whole TLS record.
 const READ_BUF: usize = 16 * 1024;
+
+/// How long a session on a node the pool has left may still answer what it owes; after that
+/// (a node that vanished without a reset never answers) its clients get an error.
+const NODE_GRACE: Duration = Duration::from_secs(5);
 
 /// Reply bytes queued for one client that it has not taken yet. A client that stops reading
 /// cannot hold the shared session back (its co-tenants' replies share the stream), so beyond
@@ -62,9 +66,10 @@ pub struct Delivery {
 /// Why a client is cut off (an enum rather than text: deliveries sit in a channel block of
 /// 32 per client, so their size is idle memory).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Cut {
-    Behind,
-    Broken,
+    Behind = 0,
+    Broken = 1,
 }
 
 impl Cut {
@@ -80,7 +85,10 @@ impl Cut {
 pub struct Sink {
     tx: mpsc::UnboundedSender<Delivery>,
     queued: AtomicUsize,
-    cut: AtomicBool,
+    /// 0, or the [`Cut`] (as 1 + its index) that ended this client.
+    cut: AtomicU8,
+    /// Wakes the client even while it is blocked writing to a socket its peer does not read.
+    cut_signal: Notify,
 }
 
 impl Sink {
@@ -89,7 +97,8 @@ impl Sink {
         let sink = Sink {
             tx,
             queued: AtomicUsize::new(0),
-            cut: AtomicBool::new(false),
+            cut: AtomicU8::new(0),
+            cut_signal: Notify::new(),
         };
         (Arc::new(sink), rx)
     }
@@ -99,20 +108,35 @@ impl Sink {
         self.queued.fetch_sub(n, Ordering::Relaxed);
     }
 
+    /// Resolves once the client has been cut off, with why.
+    pub async fn cut_off(&self) -> Cut {
+        loop {
+            match self.cut.load(Ordering::Acquire) {
+                1 => return Cut::Behind,
+                2 => return Cut::Broken,
+                _ => self.cut_signal.notified().await,
+            }
+        }
+    }
+
+    fn cut(&self, why: Cut, replies: u32) {
+        self.cut.store(why as u8 + 1, Ordering::Release);
+        self.cut_signal.notify_one();
+        let _ = self.tx.send(Delivery {
+            bytes: Bytes::new(),
+            replies,
+            close: Some(why),
+        });
+    }
+
     fn deliver(&self, bytes: Bytes, replies: u32) {
-        if self.cut.load(Ordering::Relaxed) {
+        if self.cut.load(Ordering::Relaxed) != 0 {
             return;
         }
         let queued = self.queued.fetch_add(bytes.len(), Ordering::Relaxed) + bytes.len();
         if queued > MAX_QUEUED {
             // Cut wherever the stream is, maybe mid-reply, so nothing more can be written.
-            self.cut.store(true, Ordering::Relaxed);
-            let _ = self.tx.send(Delivery {
-                bytes: Bytes::new(),
-                replies,
-                close: Some(Cut::Behind),
-            });
-            return;
+            return self.cut(Cut::Behind, replies);
         }
         let _ = self.tx.send(Delivery {
             bytes,
@@ -124,13 +148,7 @@ impl Sink {
     fn fail(&self, replies: u32, partial: bool, why: &str) {
         if partial {
             // A reply was cut off midway; nothing can follow it on this connection.
-            self.cut.store(true, Ordering::Relaxed);
-            let _ = self.tx.send(Delivery {
-                bytes: Bytes::new(),
-                replies,
-                close: Some(Cut::Broken),
-            });
-            return;
+            return self.cut(Cut::Broken, replies);
         }
         let line = format!("-ERR ectunnel: {why}\r\n");
         let mut b = BytesMut::with_capacity(line.len() * replies as usize);
@@ -150,12 +168,15 @@ struct Route {
 #[derive(Default)]
 struct Routes {
     q: VecDeque<Route>,
+    /// Part of the head's current reply has gone out: nothing can follow it but a close.
+    partial: bool,
     dead: Option<String>,
 }
 
 impl Routes {
     /// Answers everything still owed with the error, and refuses what comes later.
-    fn die(&mut self, why: String, mut partial: bool) {
+    fn die(&mut self, why: String) {
+        let mut partial = std::mem::take(&mut self.partial);
         for r in self.q.drain(..) {
             r.to.fail(r.left, partial, &why);
             partial = false;
@@ -273,6 +294,7 @@ fn start(up: Dialed, pool: &Pool) -> Shared {
         retired: retired.clone(),
         kill,
         pool: pool.downgrade(),
+        epoch: pool.epoch(),
         watch_readonly: l.role == Role::Primary,
         metrics: pool.metrics().clone(),
         name: l.name.clone(),
@@ -348,7 +370,7 @@ async fn write(
             wr.flush().await
         };
         if let Err(e) = result.await {
-            lock(&routes).die(format!("upstream write failed: {e}"), false);
+            lock(&routes).die(format!("upstream write failed: {e}"));
             kill.cancel();
             break;
         }
@@ -374,6 +396,7 @@ struct Reader {
     retired: Arc<AtomicBool>,
     kill: CancellationToken,
     pool: WeakPool,
+    epoch: watch::Receiver<Epoch>,
     watch_readonly: bool,
     metrics: ListenerMetrics,
     name: String,
@@ -385,15 +408,32 @@ struct Reader {
 async fn read(mut r: Reader) {
     let mut scan = Scanner::new(Dir::Reply);
     let mut buf = std::mem::take(&mut r.leftover);
-    // Replies of the route at the head already completed in earlier reads, and whether part of
-    // its current reply has gone out.
-    let (mut done_before, mut partial) = (0u32, false);
+    let mut watching = true;
+    // Set once the pool has moved to another node: replies still owed get until then.
+    let mut moved: Option<tokio::time::Instant> = None;
     let why = loop {
+        if moved.is_some() && lock(&r.routes).q.is_empty() {
+            break "the node changed (failover)".to_owned();
+        }
         if buf.is_empty() {
             buf.reserve(READ_BUF);
             let n = tokio::select! {
                 n = r.rd.read_buf(&mut buf) => n,
                 _ = r.kill.cancelled() => break "upstream session failed".to_owned(),
+                changed = r.epoch.changed(), if watching => {
+                    let node = r.epoch.borrow_and_update().node;
+                    if changed.is_err() {
+                        watching = false;
+                    } else if node.is_some_and(|n| n != r.peer) && moved.is_none() {
+                        tracing::debug!(listener = %r.name, peer = %r.peer, "node demoted; retiring the shared session");
+                        r.retired.store(true, Ordering::Relaxed);
+                        moved = Some(tokio::time::Instant::now() + NODE_GRACE);
+                    }
+                    continue;
+                }
+                _ = tokio::time::sleep_until(moved.unwrap_or_else(tokio::time::Instant::now)), if moved.is_some() => {
+                    break "the node changed (failover) before it answered".to_owned();
+                }
             };
             match n {
                 Ok(0) => break "the server closed the connection".to_owned(),
@@ -407,7 +447,8 @@ async fn read(mut r: Reader) {
         let data = buf.split().freeze();
         r.metrics.to_client.inc_by(data.len() as u64);
         let mut routes = lock(&r.routes);
-        let (mut i, mut start, mut done) = (0, 0, done_before);
+        // `done` replies of the head route end in data[start..i].
+        let (mut i, mut start, mut done, mut frame_start) = (0, 0, 0u32, 0);
         let mut readonly = false;
         let mut fault = None;
         while i < data.len() {
@@ -415,7 +456,8 @@ async fn read(mut r: Reader) {
                 fault = Some("the server sent a reply nobody asked for".to_owned());
                 break;
             };
-            let frame_start = i;
+            let whole = scan.at_boundary();
+            frame_start = i;
             let (n, complete) = match scan.feed(&data[i..]) {
                 Ok(x) => x,
                 Err(e) => {
@@ -427,24 +469,26 @@ async fn read(mut r: Reader) {
             if !complete {
                 break;
             }
-            if r.watch_readonly && data[frame_start..i].starts_with(b"-READONLY") && !partial {
+            if r.watch_readonly && whole && data[frame_start..i].starts_with(b"-READONLY") {
                 readonly = true;
             }
             done += 1;
-            partial = false;
             if done == head.left {
                 let head = routes.q.pop_front().expect("head checked above");
-                head.to.deliver(data.slice(start..i), done - done_before);
-                (start, done, done_before) = (i, 0, 0);
+                head.to.deliver(data.slice(start..i), done);
+                routes.partial = false;
+                (start, done) = (i, 0);
             }
         }
-        if fault.is_none() && start < i {
-            // The head's replies so far, and the start of one still arriving.
-            if let Some(head) = routes.q.front() {
-                head.to.deliver(data.slice(start..i), done - done_before);
-            }
-            partial = !scan.at_boundary();
-            done_before = done;
+        // The head's replies completed so far and, unless the stream broke, the start of the
+        // one still arriving.
+        let upto = if fault.is_some() { frame_start } else { i };
+        if start < upto
+            && let Some(head) = routes.q.front_mut()
+        {
+            head.to.deliver(data.slice(start..upto), done);
+            head.left -= done;
+            routes.partial = fault.is_none() && !scan.at_boundary();
         }
         drop(routes);
         if let Some(f) = fault {
@@ -459,7 +503,7 @@ async fn read(mut r: Reader) {
     };
     let mut routes = lock(&r.routes);
     tracing::debug!(listener = %r.name, peer = %r.peer, owed = routes.q.len(), "shared session ended: {why}");
-    routes.die(why, partial);
+    routes.die(why);
     r.retired.store(true, Ordering::Relaxed);
     r.kill.cancel();
 }
