@@ -231,20 +231,15 @@ fn canonical_multibulk(f: &[u8]) -> bool {
 
 /// A positive decimal at `f[at..]` ended by `\r\n`: its value and where what follows starts.
 fn decimal(f: &[u8], at: usize) -> Option<(usize, usize)> {
-    let digits = f
-        .get(at..)?
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .count();
-    let text = &f[at..at + digits];
-    if digits == 0
-        || (digits > 1 && text[0] == b'0')
-        || f.get(at + digits..at + digits + 2) != Some(b"\r\n")
-    {
-        return None;
+    let (mut value, mut i) = (0usize, at);
+    while let Some(d) = f.get(i).filter(|b| b.is_ascii_digit()) {
+        if i > at && value == 0 {
+            return None; // a leading zero
+        }
+        value = value.checked_mul(10)?.checked_add(usize::from(d - b'0'))?;
+        i += 1;
     }
-    let value = std::str::from_utf8(text).ok()?.parse().ok()?;
-    Some((value, at + digits + 2))
+    (i > at && f.get(i..i + 2) == Some(b"\r\n")).then_some((value, i + 2))
 }
 
 fn malformed(e: &ScanError) -> Stop {
