@@ -4,6 +4,8 @@
 use bytes::BytesMut;
 use redis_protocol::resp2::types::OwnedFrame;
 
+use super::scan::FrameInfo;
+
 /// The commands whose handling differs from "forward and expect one reply".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cmd {
@@ -221,6 +223,39 @@ pub fn shareable(name: &[u8]) -> bool {
     SHAREABLE
         .binary_search_by(|c| c.as_bytes().cmp(dst))
         .is_ok()
+}
+
+/// The command name of a complete request frame, borrowed; `None` for the frames Redis
+/// ignores without a reply (an empty inline line, `*0`, `*-1`).
+pub fn name<'a>(frame: &'a [u8], info: &FrameInfo) -> Option<&'a [u8]> {
+    if info.kind != b'*' {
+        return inline_name(frame);
+    }
+    if info.argc <= 0 || info.args_known == 0 {
+        return None;
+    }
+    let (off, len) = info.args[0];
+    frame.get(off as usize..(off + len) as usize)
+}
+
+/// Every argument of a complete request frame, inline or multibulk; `None` when Redis would
+/// refuse it (unbalanced quotes) or it is not a multibulk of bulk strings.
+pub fn args(frame: &[u8], info: &FrameInfo) -> Option<Vec<Vec<u8>>> {
+    if info.kind != b'*' {
+        inline_args(frame)
+    } else {
+        multibulk_args(frame)
+    }
+}
+
+/// `AUTH [user] pass` as `(user, pass)`, `default` when no user is named; `None` for the
+/// wrong number of arguments.
+pub fn auth_pair(args: &[Vec<u8>]) -> Option<(&[u8], &[u8])> {
+    match args {
+        [_, pass] => Some((b"default", pass)),
+        [_, user, pass] => Some((user, pass)),
+        _ => None,
+    }
 }
 
 /// The arguments of a complete multibulk request, decoded by `redis-protocol`.

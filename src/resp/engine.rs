@@ -309,17 +309,9 @@ impl Requests {
         let frame = &buf[r.clone()];
         let info = *self.scan.info();
         let inline = info.kind != b'*';
-        let name: &[u8] = if inline {
-            match command::inline_name(frame) {
-                Some(n) => n,
-                // An empty line: Redis ignores it, no reply.
-                None => return forward(ops, r),
-            }
-        } else if info.argc <= 0 {
-            return forward(ops, r); // `*0`/`*-1`: ignored, no reply
-        } else {
-            let (off, len) = info.args[0];
-            &frame[off as usize..(off + len) as usize]
+        // An empty line, `*0`, `*-1`: Redis ignores them, no reply.
+        let Some(name) = command::name(frame, &info) else {
+            return forward(ops, r);
         };
         let cmd = command::classify(name);
         let args = |k: usize| -> Option<&[u8]> {
@@ -329,13 +321,7 @@ impl Requests {
             let (off, len) = info.args[k];
             Some(&frame[off as usize..(off + len) as usize])
         };
-        let all_args = || {
-            if inline {
-                command::inline_args(frame)
-            } else {
-                command::multibulk_args(frame)
-            }
-        };
+        let all_args = || command::args(frame, &info);
         let synth = |entries: &mut Vec<Entry>, b: &'static [u8]| {
             entries.push(Entry::Synthetic(Bytes::from_static(b)))
         };
@@ -350,10 +336,8 @@ impl Requests {
         match cmd {
             Cmd::Auth if !matches!(self.policy, ClientAuth::Passthrough) => {
                 let args = all_args().unwrap_or_default();
-                let (user, pass) = match args.len() {
-                    2 => (&b"default"[..], &args[1][..]),
-                    3 => (&args[1][..], &args[2][..]),
-                    _ => return synth(entries, AUTH_ARITY),
+                let Some((user, pass)) = command::auth_pair(&args) else {
+                    return synth(entries, AUTH_ARITY);
                 };
                 if self.check(user, pass) {
                     self.authed = true;

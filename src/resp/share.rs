@@ -138,27 +138,11 @@ impl Splitter {
         {
             return Decision::Own;
         }
-        let name = if inline {
-            match command::inline_name(frame) {
-                Some(n) => n,
-                None => return Decision::Share(0), // an empty line: ignored, no reply
-            }
-        } else if info.argc <= 0 {
-            return Decision::Share(0); // `*0`, `*-1`: ignored, no reply
-        } else {
-            let (off, len) = info.args[0];
-            match frame.get(off as usize..(off + len) as usize) {
-                Some(n) => n,
-                None => return Decision::Own,
-            }
+        // An empty line, `*0`, `*-1`: ignored by Redis, no reply.
+        let Some(name) = command::name(frame, &info) else {
+            return Decision::Share(0);
         };
-        let args = || {
-            if inline {
-                command::inline_args(frame)
-            } else {
-                command::multibulk_args(frame)
-            }
-        };
+        let args = || command::args(frame, &info);
         match command::classify(name) {
             Cmd::Auth => self.auth(args()),
             // QUIT would close a shared session for everyone; answered here as Redis would.
@@ -179,10 +163,8 @@ impl Splitter {
     /// to judge, on a session of the client's own.
     fn auth(&mut self, args: Option<Vec<Vec<u8>>>) -> Decision {
         let args = args.unwrap_or_default();
-        let (user, pass) = match args.len() {
-            2 => (&b"default"[..], &args[1][..]),
-            3 => (&args[1][..], &args[2][..]),
-            _ => return Decision::Own,
+        let Some((user, pass)) = command::auth_pair(&args) else {
+            return Decision::Own;
         };
         let ok = match &self.policy {
             ClientAuth::Absorb => true,
