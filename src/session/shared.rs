@@ -57,6 +57,48 @@ enum Stop {
     Malformed(Bytes),
 }
 
+/// What a client has sent on shared sessions and is still owed replies for.
+#[derive(Default)]
+struct InFlight {
+    /// Per batch: replies still owed, and its size.
+    batches: VecDeque<(u32, usize)>,
+    replies: u64,
+    bytes: usize,
+}
+
+impl InFlight {
+    fn sent(&mut self, replies: u32, bytes: usize) {
+        self.batches.push_back((replies, bytes));
+        self.replies += u64::from(replies);
+        self.bytes += bytes;
+    }
+
+    /// `n` replies arrived, the oldest batches' first.
+    fn answered(&mut self, mut n: u64) {
+        self.replies = self.replies.saturating_sub(n);
+        while n > 0
+            && let Some((left, bytes)) = self.batches.front_mut()
+        {
+            let k = n.min(u64::from(*left));
+            *left -= k as u32;
+            n -= k;
+            if *left == 0 {
+                self.bytes -= *bytes;
+                self.batches.pop_front();
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.replies == 0
+    }
+
+    /// Enough is owed that the client is not read until some of it is answered.
+    fn full(&self) -> bool {
+        self.replies >= MAX_OWED || self.bytes >= MAX_IN_FLIGHT
+    }
+}
+
 /// Serves the client on shared sessions until it leaves or needs a session of its own.
 pub async fn serve(
     client: &mut TcpStream,
@@ -70,10 +112,7 @@ pub async fn serve(
     let (sink, mut rx) = Sink::new();
     // The shared session in use, kept only while replies are owed on it.
     let mut on: Option<Arc<Shared>> = None;
-    let mut owed = 0u64;
-    // The batches sent and not yet fully answered: (replies still owed, bytes).
-    let mut in_flight: VecDeque<(u32, usize)> = VecDeque::new();
-    let mut in_flight_bytes = 0usize;
+    let mut owed = InFlight::default();
     // Requests scanned but not sent yet, and a request the tunnel answers after them.
     let mut waiting: Option<(Bytes, u32)> = None;
     let mut local: Option<(&'static [u8], bool, usize)> = None;
@@ -82,7 +121,7 @@ pub async fn serve(
     let mut rescan = false;
     let mut first = Some(accepted);
     loop {
-        if owed == 0 {
+        if owed.is_empty() {
             on = None;
         }
         // Requests that must wait for a retired session's replies go out once those are in.
@@ -105,9 +144,7 @@ pub async fn serve(
                         }
                     },
                 };
-                owed += u64::from(replies);
-                in_flight.push_back((replies, bytes.len()));
-                in_flight_bytes += bytes.len();
+                owed.sent(replies, bytes.len());
                 pool.metrics().shared_requests.inc_by(u64::from(replies));
                 shared.send(Batch {
                     bytes,
@@ -117,7 +154,7 @@ pub async fn serve(
                 on = Some(shared);
             }
         }
-        if owed == 0 && waiting.is_none() {
+        if owed.is_empty() && waiting.is_none() {
             if let Some((reply, quit, skip)) = local.take() {
                 client.write_all(reply).await?;
                 first = None;
@@ -167,29 +204,13 @@ pub async fn serve(
             }
             continue;
         }
-        let read = stop.is_none()
-            && waiting.is_none()
-            && local.is_none()
-            && owed < MAX_OWED
-            && in_flight_bytes < MAX_IN_FLIGHT;
+        let read = stop.is_none() && waiting.is_none() && local.is_none() && !owed.full();
         tokio::select! {
             biased;
             d = rx.recv() => {
                 let Some(d) = d else { return Ok(Next::Done) };
                 let (replies, close) = write_deliveries(client, &sink, d, &mut rx).await?;
-                owed = owed.saturating_sub(replies);
-                let mut answered = replies;
-                while answered > 0
-                    && let Some((left, bytes)) = in_flight.front_mut()
-                {
-                    let n = answered.min(u64::from(*left));
-                    *left -= n as u32;
-                    answered -= n;
-                    if *left == 0 {
-                        in_flight_bytes -= *bytes;
-                        in_flight.pop_front();
-                    }
-                }
+                owed.answered(replies);
                 if let Some(t) = first.take() {
                     pool.metrics().first_reply.observe(t.elapsed().as_secs_f64());
                 }

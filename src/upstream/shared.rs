@@ -213,12 +213,13 @@ impl Shared {
 
     fn usable(&self, pool: &Pool) -> bool {
         let l = &pool.listener().pool;
-        let idle = self.created.elapsed().saturating_sub(Duration::from_millis(
+        let age = self.created.elapsed();
+        let idle = age.saturating_sub(Duration::from_millis(
             self.last_used.load(Ordering::Relaxed),
         ));
         let ok = !self.is_retired()
             && lock(&self.routes).dead.is_none()
-            && self.created.elapsed() < l.max_lifetime
+            && age < l.max_lifetime
             && idle < l.health_interval
             && pool.current_node().is_none_or(|n| n == self.peer);
         if !ok {
