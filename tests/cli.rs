@@ -129,10 +129,10 @@ async fn with_more_threads_shared_and_own_sessions_work_alike() {
     let dir = tempfile::tempdir().unwrap();
     let file = write_config(
         dir.path(),
-        &format!(
-            "threads = 2\n[tls]\nca_file = \"{}\"\n[auth]\npassword = \"{TOKEN}\"\n[[listener]]\nname = \"p\"\nlisten = \"127.0.0.1:0\"\nupstream = \"localhost:{}\"\n",
-            path_str(&pki.ca),
-            redis.port
+        &listener_toml(
+            &format!("localhost:{}", redis.port),
+            &pki,
+            &format!("threads = 2\n[auth]\npassword = \"{TOKEN}\""),
         ),
     );
     let mut bin = Bin::spawn(&["-c", &file], &[]);
@@ -178,10 +178,10 @@ async fn a_failed_dial_is_logged_once_at_warn_with_the_listener_name_in_json() {
     let dir = tempfile::tempdir().unwrap();
     let file = write_config(
         dir.path(),
-        &format!(
-            "[tls]\nca_file = \"{}\"\n[auth]\npassword_env = \"REDIS_AUTH\"\n[[listener]]\nname = \"primary\"\nlisten = \"127.0.0.1:0\"\nupstream = \"localhost:{}\"\n",
-            pki.ca.display(),
-            redis.port
+        &listener_toml(
+            &format!("localhost:{}", redis.port),
+            &pki,
+            "[auth]\npassword_env = \"REDIS_AUTH\"",
         ),
     );
     let wrong = "wrong-token-0123456789";
@@ -221,10 +221,10 @@ async fn check_connect_reports_every_listener_and_fails_if_one_does() {
         .local_addr()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let good = format!(
-        "[tls]\nca_file = \"{}\"\n[auth]\npassword = \"{TOKEN}\"\n[[listener]]\nname = \"primary\"\nlisten = \"127.0.0.1:0\"\nupstream = \"localhost:{}\"\n",
-        pki.ca.display(),
-        redis.port
+    let good = listener_toml(
+        &format!("localhost:{}", redis.port),
+        &pki,
+        &format!("[auth]\npassword = \"{TOKEN}\""),
     );
     let file = write_config(dir.path(), &good);
     let (code, out, err) = run_bin(&["check", "-c", &file, "--connect"], &[]);
