@@ -10,9 +10,9 @@ use std::time::Duration;
 use bytes::BytesMut;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ectunnel::config::{ClientAuth, Credentials, Secret};
-use ectunnel::resp::memory::MemSession;
-use ectunnel::resp::scan::{Dir, Scanner};
-use ectunnel::resp::share::Splitter;
+use ectunnel::proto::memory::MemSession;
+use ectunnel::proto::scan::{Dir, Scanner};
+use ectunnel::proto::share::Splitter;
 
 /// What a socket read hands the engine at a time.
 const CHUNK: usize = 16 * 1024;

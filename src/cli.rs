@@ -193,7 +193,7 @@ fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
 fn execute(config: Config, file: Option<PathBuf>, check: Option<bool>) -> anyhow::Result<ExitCode> {
     runtime(config.threads)?.block_on(async {
         if let Some(connect) = check {
-            let ok = crate::check::check(&config, connect).await;
+            let ok = crate::ops::check::check(&config, connect).await;
             return Ok(if ok {
                 ExitCode::SUCCESS
             } else {
@@ -289,9 +289,12 @@ fn fingerprint(files: &[PathBuf]) -> Vec<Option<Vec<u8>>> {
 fn health(admin: &str) -> ExitCode {
     let result = runtime(1).map_err(|e| e.to_string()).and_then(|rt| {
         rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(5), crate::admin::check_ready(admin))
-                .await
-                .map_err(|_| format!("{admin}: no answer within 5s"))?
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                crate::ops::admin::check_ready(admin),
+            )
+            .await
+            .map_err(|_| format!("{admin}: no answer within 5s"))?
         })
     });
     match result {
@@ -314,7 +317,7 @@ fn convert_stunnel(file: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match crate::stunnel::convert(&text, &file.display().to_string()) {
+    match crate::tools::stunnel::convert(&text, &file.display().to_string()) {
         Ok(toml) => {
             print!("{toml}");
             ExitCode::SUCCESS

@@ -15,17 +15,15 @@
 //! - [`check`]: `ectunnel check [--connect]`.
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod check;
 pub mod cli;
+pub mod client;
 pub mod config;
-pub mod metrics;
-pub mod resp;
+pub mod ops;
+pub mod proto;
 pub mod server;
-pub mod session;
 pub mod shutdown;
-pub mod stunnel;
 pub mod tls;
+pub mod tools;
 pub mod upstream;
 
 pub use config::Config;

@@ -13,10 +13,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{self, AdminState};
+use crate::client;
 use crate::config::{ClientAuth, Config, ListenerConfig};
-use crate::metrics::Metrics;
-use crate::session;
+use crate::ops::admin::{self, AdminState};
+use crate::ops::metrics::Metrics;
 use crate::upstream::Pool;
 
 /// A listener (or the admin endpoint) that could not be bound; the process exits 1.
@@ -393,7 +393,7 @@ async fn accept_loop(
                 let name = name.clone();
                 sessions.spawn(async move {
                     tokio::select! {
-                        _ = session::serve(client, peer, pool) => {}
+                        _ = client::serve(client, peer, pool) => {}
                         _ = end.cancelled() => tracing::debug!(listener = %name,
                             client = %peer, "session closed at end of shutdown grace"),
                     }

@@ -2,8 +2,8 @@
 //! AUTH handling, opacity, malformed input and bounded memory.
 
 use ectunnel::config::{ClientAuth, Credentials, Secret};
-use ectunnel::resp::engine::HOLD_LIMIT;
-use ectunnel::resp::memory::MemSession;
+use ectunnel::proto::engine::HOLD_LIMIT;
+use ectunnel::proto::memory::MemSession;
 use proptest::prelude::*;
 
 fn creds(user: Option<&str>, pass: &str) -> Credentials {

@@ -14,8 +14,9 @@ use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use super::conn;
 use crate::config::{ListenerConfig, Role, Upstream};
-use crate::resp;
+use crate::proto;
 
 /// The step of a dial that failed; it is the `<stage>` of the client's `-ERR ectunnel:` reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +73,7 @@ pub struct Dialed {
     pub role: Option<String>,
     pub created: Instant,
     /// Counts this session in `ectunnel_upstream_sessions_open` while it lives.
-    pub open: Option<crate::metrics::GaugeGuard>,
+    pub open: Option<crate::ops::metrics::GaugeGuard>,
 }
 
 /// Dials the listener's upstream. DNS is resolved here, every time, never cached: the primary
@@ -110,7 +111,7 @@ async fn dial_candidate(
     let fail = |stage, reason: String| DialError {
         stage,
         upstream: up.addr.to_string(),
-        reason: resp::printable(&reason),
+        reason: proto::printable(&reason),
     };
     let host = (up.addr.host.as_str(), up.addr.port);
     let addrs: Vec<SocketAddr> = timeout(t, tokio::net::lookup_host(host))
@@ -216,11 +217,11 @@ async fn handshake(
 ) -> Result<Option<String>, (Stage, String)> {
     let mut cmd = BytesMut::new();
     if let Some(creds) = &l.auth {
-        cmd.extend_from_slice(&resp::auth_command(creds));
+        cmd.extend_from_slice(&proto::auth_command(creds));
     }
     let ask_role = l.role != Role::Any;
     if ask_role {
-        resp::encode_command(&mut cmd, &[b"ROLE"]);
+        proto::encode_command(&mut cmd, &[b"ROLE"]);
     }
     if cmd.is_empty() {
         return Ok(None);
@@ -230,7 +231,7 @@ async fn handshake(
     stream.flush().await.map_err(io(Stage::Auth))?;
     drop(cmd);
     if l.auth.is_some() {
-        match resp::read_frame(stream, leftover).await {
+        match conn::read_frame(stream, leftover).await {
             Ok(OwnedFrame::SimpleString(_)) => {}
             Ok(OwnedFrame::Error(e)) => return Err((Stage::Auth, e)),
             Ok(other) => return Err((Stage::Auth, format!("unexpected reply {other:?}"))),
@@ -240,8 +241,8 @@ async fn handshake(
     if !ask_role {
         return Ok(None);
     }
-    match resp::read_frame(stream, leftover).await {
-        Ok(reply @ OwnedFrame::Array(_)) => resp::role_of(&reply)
+    match conn::read_frame(stream, leftover).await {
+        Ok(reply @ OwnedFrame::Array(_)) => conn::role_of(&reply)
             .map(Some)
             .ok_or((Stage::Role, "ROLE reply without a role".into())),
         Ok(OwnedFrame::Error(e)) => Err((Stage::Role, e)),

@@ -23,12 +23,13 @@ use tokio::sync::{Notify, watch};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
+use super::conn;
 use super::dial::{DialError, Dialed, Stage, dial};
-use super::shared::Mux;
+use super::mux::Mux;
 use crate::config::{ListenerConfig, Role};
 use crate::lock;
-use crate::metrics::ListenerMetrics;
-use crate::resp;
+use crate::ops::metrics::ListenerMetrics;
+use crate::proto;
 
 /// How often the node a `role` listener uses is re-checked.
 const ROLE_CHECK: Duration = Duration::from_secs(1);
@@ -264,15 +265,15 @@ enum ResetError {
 async fn reset(s: &mut Dialed, l: &ListenerConfig) -> Result<(), ResetError> {
     let other = |e: &dyn std::fmt::Display| ResetError::Other(e.to_string());
     let mut cmd = BytesMut::new();
-    resp::encode_command(&mut cmd, &[b"RESET"]);
+    proto::encode_command(&mut cmd, &[b"RESET"]);
     if let Some(c) = &l.auth {
-        cmd.extend_from_slice(&resp::auth_command(c));
+        cmd.extend_from_slice(&proto::auth_command(c));
     }
     s.stream.write_all(&cmd).await.map_err(|e| other(&e))?;
     s.stream.flush().await.map_err(|e| other(&e))?;
     drop(cmd);
     let mut buf = BytesMut::new();
-    match resp::read_frame(&mut s.stream, &mut buf).await {
+    match conn::read_frame(&mut s.stream, &mut buf).await {
         Ok(OwnedFrame::SimpleString(r)) if r == b"RESET" => {}
         Ok(OwnedFrame::Error(e)) if e.starts_with("ERR unknown command") => {
             return Err(ResetError::Unsupported(e));
@@ -281,7 +282,7 @@ async fn reset(s: &mut Dialed, l: &ListenerConfig) -> Result<(), ResetError> {
         Err(e) => return Err(other(&e)),
     }
     if l.auth.is_some() {
-        match resp::read_frame(&mut s.stream, &mut buf).await {
+        match conn::read_frame(&mut s.stream, &mut buf).await {
             Ok(OwnedFrame::SimpleString(_)) => {}
             Ok(f) => return Err(other(&format!("AUTH after RESET answered {f:?}"))),
             Err(e) => return Err(other(&e)),
@@ -465,10 +466,10 @@ async fn check_role(pool: &Pool) {
 
 async fn ask_role(s: &mut Dialed) -> Option<String> {
     let mut buf = BytesMut::new();
-    let reply = resp::request(&mut s.stream, &[b"ROLE"], &mut buf)
+    let reply = conn::request(&mut s.stream, &[b"ROLE"], &mut buf)
         .await
         .ok()?;
-    resp::role_of(&reply).filter(|_| buf.is_empty())
+    conn::role_of(&reply).filter(|_| buf.is_empty())
 }
 
 /// PINGs every idle session, one at a time so the others stay available to clients; drops
@@ -490,7 +491,7 @@ async fn health_check(pool: &Pool) {
         }
         let ok = timeout(l.connect_timeout, async {
             let mut buf = BytesMut::new();
-            match resp::request(&mut s.stream, &[b"PING"], &mut buf)
+            match conn::request(&mut s.stream, &[b"PING"], &mut buf)
                 .await
                 .ok()?
             {

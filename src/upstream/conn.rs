@@ -1,50 +1,17 @@
-//! RESP: the streaming scanner ([`scan`]), command classification ([`command`]), the session
-//! engine ([`engine`]), what may go over a shared session ([`share`]); and here, the little RESP the tunnel itself speaks: encoding its own
-//! commands (AUTH, ROLE, PING, RESET) and reading their replies.
-
-pub mod command;
-pub mod engine;
-pub mod memory;
-pub mod scan;
-pub mod share;
+//! The tunnel's own conversation on an upstream session: one command of its own (PING, ROLE,
+//! RESET, AUTH) and its reply, decoded with `redis-protocol`.
 
 use bytes::{Buf, BytesMut};
 use redis_protocol::resp2::types::OwnedFrame;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::proto;
+
 /// Longest reply to the tunnel's own commands (AUTH, ROLE, PING, RESET) it will buffer.
 const MAX_REPLY: usize = 64 * 1024;
 
-/// Appends `args` as a RESP multibulk command. Multibulk (not inline) so that a password with
-/// spaces or quotes reaches the server byte for byte.
-pub fn encode_command(buf: &mut BytesMut, args: &[&[u8]]) {
-    use std::io::Write as _;
-    let mut w = Vec::with_capacity(16);
-    let _ = write!(w, "*{}\r\n", args.len());
-    buf.extend_from_slice(&w);
-    for arg in args {
-        w.clear();
-        let _ = write!(w, "${}\r\n", arg.len());
-        buf.extend_from_slice(&w);
-        buf.extend_from_slice(arg);
-        buf.extend_from_slice(b"\r\n");
-    }
-}
-
-/// `AUTH [user] password` as the bytes to send. Built when needed, so the secret lives only in
-/// the config's [`crate::config::Secret`] between uses.
-pub fn auth_command(creds: &crate::config::Credentials) -> bytes::Bytes {
-    let mut cmd = BytesMut::new();
-    let password = creds.password.expose().as_bytes();
-    match &creds.username {
-        Some(user) => encode_command(&mut cmd, &[b"AUTH", user.as_bytes(), password]),
-        None => encode_command(&mut cmd, &[b"AUTH", password]),
-    }
-    cmd.freeze()
-}
-
-/// Reads one complete RESP2 frame from `r` (decoded by `redis-protocol`), keeping any bytes
-/// after it in `buf`. For the tunnel's own handshake and health-check replies only.
+/// Reads one complete RESP2 frame from `r`, keeping any bytes after it in `buf`. For the
+/// tunnel's own handshake and health-check replies only.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut BytesMut,
@@ -58,7 +25,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             Ok(None) => {}
             Err(_) => {
                 let head = String::from_utf8_lossy(&buf[..buf.len().min(80)]).into_owned();
-                return Err(ReplyError::Unexpected(printable(&head)));
+                return Err(ReplyError::Unexpected(proto::printable(&head)));
             }
         }
         if buf.len() > MAX_REPLY {
@@ -89,7 +56,7 @@ pub async fn request<S: AsyncRead + AsyncWrite + Unpin>(
     buf: &mut BytesMut,
 ) -> Result<OwnedFrame, ReplyError> {
     let mut cmd = BytesMut::new();
-    encode_command(&mut cmd, args);
+    proto::encode_command(&mut cmd, args);
     s.write_all(&cmd).await?;
     s.flush().await?;
     read_frame(s, buf).await
@@ -106,27 +73,9 @@ pub fn role_of(reply: &OwnedFrame) -> Option<String> {
     }
 }
 
-/// Makes text safe to put inside a one-line RESP error or a log line.
-pub fn printable(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(200)
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn encodes_multibulk() {
-        let mut b = BytesMut::new();
-        encode_command(&mut b, &[b"AUTH", b"user", b"p w\r\n"]);
-        assert_eq!(
-            &b[..],
-            b"*3\r\n$4\r\nAUTH\r\n$4\r\nuser\r\n$5\r\np w\r\n\r\n"
-        );
-    }
 
     #[tokio::test]
     async fn reads_replies_and_keeps_the_rest() {

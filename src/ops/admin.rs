@@ -13,7 +13,7 @@ use hyper::body::Bytes;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 use crate::upstream::Pool;
 
 /// What the handlers read: the metrics and the listeners' current pools (replaced on reload).

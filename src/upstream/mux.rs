@@ -30,8 +30,8 @@ use super::dial::{DialError, Dialed};
 use super::pool::{Epoch, Pool, WeakPool};
 use crate::config::Role;
 use crate::lock;
-use crate::metrics::{GaugeGuard, ListenerMetrics};
-use crate::resp::scan::{Dir, Scanner};
+use crate::ops::metrics::{GaugeGuard, ListenerMetrics};
+use crate::proto::scan::{Dir, Scanner};
 
 /// Requests written to the server in one go, at most; more wait for the next write.
 const BATCH_BYTES: usize = 64 * 1024;

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Protocol, Role};
 use crate::lock;
-use crate::resp::engine::{Entry, Fifo, Op, Replies, Requests};
+use crate::proto::engine::{Entry, Fifo, Op, Replies, Requests};
 use crate::upstream::{DialError, Dialed, Pool};
 
 /// Read buffer per direction. 16 KiB holds a full TLS record, so one read drains one record.

@@ -687,7 +687,7 @@ mod tests {
             for args in &cmds {
                 let mut buf = bytes::BytesMut::new();
                 let refs: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
-                crate::resp::encode_command(&mut buf, &refs);
+                crate::proto::encode_command(&mut buf, &refs);
                 let decoded = redis_protocol::resp2::decode::decode(&buf).unwrap();
                 prop_assert_eq!(decoded.map(|(_, n)| n), Some(buf.len()));
                 stream.extend_from_slice(&buf);

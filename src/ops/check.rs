@@ -6,7 +6,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use redis_protocol::resp2::types::OwnedFrame;
 
 use crate::config::{Config, ListenerConfig};
-use crate::resp;
+use crate::upstream::conn;
 use crate::upstream::{self, DialError, Dialed};
 
 /// Prints what the config defines; with `connect`, dials every upstream (TCP, TLS, AUTH, PING)
@@ -103,7 +103,7 @@ fn probe(
             reason,
         };
         let start = Instant::now();
-        let reply = resp::request(&mut stream, &[b"PING"], &mut leftover)
+        let reply = conn::request(&mut stream, &[b"PING"], &mut leftover)
             .await
             .map_err(|e| fail(e.to_string()))?;
         let rtt = start.elapsed();

@@ -20,9 +20,9 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::io::poll_read_buf;
 
-use crate::resp::share::{self, Splitter};
+use crate::proto::share::{self, Splitter};
 use crate::upstream::Pool;
-use crate::upstream::shared::{Batch, Cut, Delivery, Shared, Sink};
+use crate::upstream::mux::{Batch, Cut, Delivery, Shared, Sink};
 
 /// Read size while the client is active.
 const READ_BUF: usize = 16 * 1024;

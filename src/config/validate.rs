@@ -1,0 +1,914 @@
+//! Checks on the raw config, turning it into a [`Config`]: defaults merged in, values parsed,
+//! secrets resolved, each error naming file, line and key.
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use humantime_serde::Serde as HumanDuration;
+use rustls_pki_types::ServerName;
+use toml::Spanned;
+
+use super::raw::*;
+use super::{
+    ClientAuth, Config, ConfigError, Credentials, DEFAULT_CONNECT_TIMEOUT, DEFAULT_SHUTDOWN_GRACE,
+    ListenerConfig, MAX_MULTIPLEX, MAX_THREADS, PoolConfig, Protocol, Role, Secret, Upstream,
+    UpstreamAddr,
+};
+use crate::tls::{self, MinVersion, TlsOptions};
+
+/// Where the raw config came from, to turn byte spans into `file:line`.
+pub(super) struct Source<'a> {
+    pub(super) name: String,
+    pub(super) text: Option<&'a str>,
+}
+
+impl Source<'_> {
+    fn at(&self, span: &Range<usize>) -> String {
+        match self.text {
+            Some(text) => format!("{}:{}", self.name, line_of(text, span.start)),
+            None => self.name.clone(),
+        }
+    }
+
+    fn invalid(&self, span: &Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            origin: self.at(span),
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// A TOML syntax or type error: toml gives the span; the key is read off that line.
+    pub(super) fn parse_error(&self, e: &toml::de::Error) -> ConfigError {
+        let span = e.span().unwrap_or(0..0);
+        let key = self
+            .text
+            .map(|text| key_at(text, span.start))
+            .unwrap_or_default();
+        ConfigError::Invalid {
+            origin: self.at(&span),
+            key,
+            message: e.message().trim().to_owned(),
+        }
+    }
+}
+
+/// A value that came from a flag, not a file: there is no line to point at.
+pub(super) fn unspanned<T>(v: T) -> Spanned<T> {
+    Spanned::new(0..0, v)
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+/// The dotted key on the line holding `offset`, prefixed by the table it sits in
+/// (`listener.tls.ca_file`), or the table header itself when the error is on a header line.
+fn key_at(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("").trim();
+    let header = |l: &str| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
+    if line.starts_with('[') {
+        return header(line);
+    }
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(header);
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"'));
+    match (table, key) {
+        (Some(t), Some(k)) => format!("{t}.{k}"),
+        (None, Some(k)) => k.to_owned(),
+        (Some(t), None) => t,
+        (None, None) => String::new(),
+    }
+}
+
+/// A `[tls]` key merged from the listener's own section or the top-level default, remembering
+/// which one it came from so an error names the right key.
+struct Merged<'a, T> {
+    value: &'a Spanned<T>,
+    key: String,
+}
+
+fn merge<'a, T>(
+    own: Option<&'a Spanned<T>>,
+    default: Option<&'a Spanned<T>>,
+    name: &str,
+) -> Option<Merged<'a, T>> {
+    own.map(|value| Merged {
+        value,
+        key: format!("listener.tls.{name}"),
+    })
+    .or_else(|| {
+        default.map(|value| Merged {
+            value,
+            key: format!("tls.{name}"),
+        })
+    })
+}
+
+pub(super) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
+    let connect_timeout = match &raw.connect_timeout {
+        Some(d) if d.get_ref().is_zero() => {
+            return Err(src.invalid(&d.span(), "connect_timeout", "must be more than 0s"));
+        }
+        Some(d) => **d.get_ref(),
+        None => DEFAULT_CONNECT_TIMEOUT,
+    };
+    let shutdown_grace = raw
+        .shutdown_grace
+        .as_ref()
+        .map_or(DEFAULT_SHUTDOWN_GRACE, |d| **d.get_ref());
+    let threads = match &raw.threads {
+        Some(t) if !(1..=MAX_THREADS).contains(t.get_ref()) => {
+            return Err(src.invalid(
+                &t.span(),
+                "threads",
+                format!("must be between 1 and {MAX_THREADS}"),
+            ));
+        }
+        Some(t) => *t.get_ref(),
+        None => 1,
+    };
+    if raw.listener.is_empty() {
+        return Err(ConfigError::Invalid {
+            origin: src.name.clone(),
+            key: "listener".into(),
+            message: "no [[listener]] defined; add one with listen and upstream".into(),
+        });
+    }
+    let default_auth = match &raw.auth {
+        Some(auth) => Some(credentials(auth, "auth", src)?),
+        None => None,
+    };
+    let default_tls = raw.tls.clone().unwrap_or_default();
+    let default_client_auth = match &raw.client_auth {
+        Some(c) => client_auth(c, "client_auth", src)?,
+        None => ClientAuth::Passthrough,
+    };
+
+    let mut listeners: Vec<ListenerConfig> = Vec::with_capacity(raw.listener.len());
+    for spanned in &raw.listener {
+        let l = spanned.get_ref();
+        let listen: SocketAddr = l.listen.get_ref().trim().parse().map_err(|_| {
+            src.invalid(
+                &l.listen.span(),
+                "listener.listen",
+                format!(
+                    "`{}` is not an IP:port address, e.g. 127.0.0.1:6379",
+                    l.listen.get_ref()
+                ),
+            )
+        })?;
+        let written = match l.upstream.get_ref() {
+            RawUpstreams::One(one) => vec![one.clone()],
+            RawUpstreams::Many(many) => many.clone(),
+        };
+        if written.is_empty() {
+            return Err(src.invalid(&l.upstream.span(), "listener.upstream", "the list is empty"));
+        }
+        let addrs = written
+            .iter()
+            .map(|u| u.trim().parse::<UpstreamAddr>())
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(|m| src.invalid(&l.upstream.span(), "listener.upstream", m))?;
+        let name = match &l.name {
+            Some(n) if n.get_ref().trim().is_empty() => {
+                return Err(src.invalid(&n.span(), "listener.name", "must not be empty"));
+            }
+            Some(n) => n.get_ref().clone(),
+            None => listen.to_string(),
+        };
+        if let Some(other) = listeners.iter().find(|o| o.name == name) {
+            return Err(src.invalid(
+                &spanned.span(),
+                "listener.name",
+                format!(
+                    "two listeners are named `{}`; names must be unique",
+                    other.name
+                ),
+            ));
+        }
+        if listen.port() != 0 && listeners.iter().any(|o| o.listen == listen) {
+            return Err(src.invalid(
+                &l.listen.span(),
+                "listener.listen",
+                format!("{listen} is used by two listeners"),
+            ));
+        }
+
+        let own = l.tls.clone().unwrap_or_default();
+        let (options, server_name, insecure) = tls_settings(&own, &default_tls, src)?;
+        let upstreams = addrs
+            .into_iter()
+            .map(|addr| {
+                let name = match &server_name {
+                    Some(n) => n.clone(),
+                    None => server_name_for(&addr.host).ok_or_else(|| {
+                        src.invalid(
+                            &l.upstream.span(),
+                            "listener.upstream",
+                            format!(
+                                "`{}` cannot be verified as a TLS name; set tls.server_name",
+                                addr.host
+                            ),
+                        )
+                    })?,
+                };
+                Ok(Upstream {
+                    addr,
+                    server_name: name,
+                })
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        let role = match &l.role {
+            None => Role::Any,
+            Some(r) => match r.get_ref().as_str() {
+                "any" => Role::Any,
+                "primary" => Role::Primary,
+                "replica" => Role::Replica,
+                other => {
+                    return Err(src.invalid(
+                        &r.span(),
+                        "listener.role",
+                        format!("`{other}` is not a role; use \"any\", \"primary\" or \"replica\""),
+                    ));
+                }
+            },
+        };
+        let pool = pool_settings(l.pool.as_ref(), raw.pool.as_ref(), src)?;
+        let tls = tls::client_config(&options).map_err(|e| {
+            let field = e.field();
+            let pick = |t: &RawTls| match field {
+                "ca_file" => t.ca_file.as_ref().map(Spanned::span),
+                "client_cert" => t.client_cert.as_ref().map(Spanned::span),
+                _ => t.client_key.as_ref().map(Spanned::span),
+            };
+            let (span, table) = match (pick(&own), pick(&default_tls)) {
+                (Some(span), _) => (span, "listener.tls"),
+                (None, Some(span)) => (span, "tls"),
+                (None, None) => (spanned.span(), "listener.tls"),
+            };
+            src.invalid(&span, &format!("{table}.{field}"), e.to_string())
+        })?;
+
+        let auth = match &l.auth {
+            Some(own) => Some(credentials(own, "listener.auth", src)?),
+            None => default_auth.clone(),
+        };
+        let protocol = match &l.protocol {
+            None => Protocol::Resp,
+            Some(p) => match p.get_ref().as_str() {
+                "resp" => Protocol::Resp,
+                "raw" => Protocol::Raw,
+                other => {
+                    return Err(src.invalid(
+                        &p.span(),
+                        "listener.protocol",
+                        format!("`{other}` is not a protocol; use \"resp\" or \"raw\""),
+                    ));
+                }
+            },
+        };
+        let client_auth = match &l.client_auth {
+            Some(c) => client_auth(c, "listener.client_auth", src)?,
+            None => default_client_auth.clone(),
+        };
+        if protocol == Protocol::Raw && !matches!(client_auth, ClientAuth::Passthrough) {
+            return Err(src.invalid(
+                &l.protocol.as_ref().map_or(spanned.span(), Spanned::span),
+                "listener.protocol",
+                "protocol = \"raw\" cannot see the client's AUTH; client_auth needs protocol = \"resp\"",
+            ));
+        }
+        if !listen.ip().is_loopback()
+            && !matches!(client_auth, ClientAuth::Require(_))
+            && l.allow_unauthenticated != Some(true)
+        {
+            return Err(src.invalid(
+                &l.listen.span(),
+                "listener.listen",
+                format!(
+                    "{listen} is not a loopback address: anyone who reaches it would get the upstream{}; \
+                     set [listener.client_auth] mode = \"require\", or allow_unauthenticated = true",
+                    if auth.is_some() { " with the injected credentials" } else { "" }
+                ),
+            ));
+        }
+        listeners.push(ListenerConfig {
+            name,
+            listen,
+            upstreams,
+            role,
+            pool,
+            tls,
+            insecure_skip_verify: insecure,
+            auth,
+            connect_timeout,
+            protocol,
+            client_auth,
+        });
+    }
+    let admin = match raw.admin.as_ref().and_then(|a| a.listen.as_ref()) {
+        None => None,
+        Some(a) => Some(a.get_ref().trim().parse::<SocketAddr>().map_err(|_| {
+            src.invalid(
+                &a.span(),
+                "admin.listen",
+                format!(
+                    "`{}` is not an IP:port address, e.g. 127.0.0.1:9121",
+                    a.get_ref()
+                ),
+            )
+        })?),
+    };
+    Ok(Config {
+        connect_timeout,
+        shutdown_grace,
+        threads,
+        listeners,
+        admin,
+    })
+}
+
+/// Merges a listener's `[listener.tls]` over the top-level `[tls]`, key by key, so a listener
+/// can override just `server_name` and keep the shared `ca_file`.
+fn tls_settings(
+    own: &RawTls,
+    default: &RawTls,
+    src: &Source<'_>,
+) -> Result<(TlsOptions, Option<ServerName<'static>>, bool), ConfigError> {
+    let min_version = match merge(
+        own.min_version.as_ref(),
+        default.min_version.as_ref(),
+        "min_version",
+    ) {
+        None => None,
+        Some(m) => Some(match m.value.get_ref().as_str() {
+            "1.2" => MinVersion::Tls12,
+            "1.3" => MinVersion::Tls13,
+            other => {
+                return Err(src.invalid(
+                    &m.value.span(),
+                    &m.key,
+                    format!("`{other}` is not supported; use \"1.2\" or \"1.3\""),
+                ));
+            }
+        }),
+    };
+    let server_name = match merge(
+        own.server_name.as_ref(),
+        default.server_name.as_ref(),
+        "server_name",
+    ) {
+        Some(m) => Some(
+            ServerName::try_from(m.value.get_ref().clone()).map_err(|_| {
+                src.invalid(
+                    &m.value.span(),
+                    &m.key,
+                    format!(
+                        "`{}` is not a valid DNS name or IP address",
+                        m.value.get_ref()
+                    ),
+                )
+            })?,
+        ),
+        None => None,
+    };
+    let path = |v: Option<Merged<'_, PathBuf>>| v.map(|m| m.value.get_ref().clone());
+    let insecure = merge(
+        own.insecure_skip_verify.as_ref(),
+        default.insecure_skip_verify.as_ref(),
+        "insecure_skip_verify",
+    )
+    .is_some_and(|m| *m.value.get_ref());
+    Ok((
+        TlsOptions {
+            ca_file: path(merge(
+                own.ca_file.as_ref(),
+                default.ca_file.as_ref(),
+                "ca_file",
+            )),
+            client_cert: path(merge(
+                own.client_cert.as_ref(),
+                default.client_cert.as_ref(),
+                "client_cert",
+            )),
+            client_key: path(merge(
+                own.client_key.as_ref(),
+                default.client_key.as_ref(),
+                "client_key",
+            )),
+            min_version,
+            insecure_skip_verify: insecure,
+        },
+        server_name,
+        insecure,
+    ))
+}
+
+/// Merges `[listener.pool]` over `[pool]`, key by key.
+fn pool_settings(
+    own: Option<&RawPool>,
+    default: Option<&RawPool>,
+    src: &Source<'_>,
+) -> Result<PoolConfig, ConfigError> {
+    let (own, default) = (
+        own.cloned().unwrap_or_default(),
+        default.cloned().unwrap_or_default(),
+    );
+    let mut p = PoolConfig::default();
+    let pick =
+        |a: &Option<Spanned<usize>>, b: &Option<Spanned<usize>>| a.clone().or_else(|| b.clone());
+    if let Some(v) = pick(&own.min_idle, &default.min_idle) {
+        p.min_idle = *v.get_ref();
+    }
+    let max = pick(&own.max_idle, &default.max_idle);
+    if let Some(v) = &max {
+        p.max_idle = *v.get_ref();
+    }
+    if p.min_idle > p.max_idle {
+        let span = max.map_or(0..0, |m| m.span());
+        return Err(src.invalid(
+            &span,
+            "pool.max_idle",
+            format!("must be at least min_idle ({})", p.min_idle),
+        ));
+    }
+    if let Some(r) = own.reuse.or(default.reuse) {
+        p.reuse = r;
+    }
+    if let Some(v) = pick(&own.multiplex, &default.multiplex) {
+        if *v.get_ref() > MAX_MULTIPLEX {
+            return Err(src.invalid(
+                &v.span(),
+                "pool.multiplex",
+                format!("must be at most {MAX_MULTIPLEX} (shared sessions per listener)"),
+            ));
+        }
+        p.multiplex = *v.get_ref();
+    }
+    let dur = |a: &Option<Spanned<HumanDuration<Duration>>>,
+               b: &Option<Spanned<HumanDuration<Duration>>>,
+               key: &str| {
+        match a.as_ref().or(b.as_ref()) {
+            Some(d) if d.get_ref().is_zero() => {
+                Err(src.invalid(&d.span(), key, "must be more than 0s"))
+            }
+            Some(d) => Ok(Some(**d.get_ref())),
+            None => Ok(None),
+        }
+    };
+    if let Some(d) = dur(
+        &own.max_lifetime,
+        &default.max_lifetime,
+        "pool.max_lifetime",
+    )? {
+        p.max_lifetime = d;
+    }
+    if let Some(d) = dur(
+        &own.health_interval,
+        &default.health_interval,
+        "pool.health_interval",
+    )? {
+        p.health_interval = d;
+    }
+    Ok(p)
+}
+
+fn server_name_for(host: &str) -> Option<ServerName<'static>> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Some(ServerName::IpAddress(ip.into()));
+    }
+    ServerName::try_from(host.to_owned()).ok()
+}
+
+/// `[client_auth]`: `require` carries its own password (what clients must send); the other
+/// modes take none.
+fn client_auth(
+    c: &Spanned<RawClientAuth>,
+    table: &str,
+    src: &Source<'_>,
+) -> Result<ClientAuth, ConfigError> {
+    let r = c.get_ref();
+    let has_secret = r.username.is_some()
+        || r.password_env.is_some()
+        || r.password_file.is_some()
+        || r.password.is_some();
+    match r.mode.get_ref().as_str() {
+        "passthrough" | "absorb" if has_secret => Err(src.invalid(
+            &c.span(),
+            table,
+            "only mode = \"require\" takes username/password settings",
+        )),
+        "passthrough" => Ok(ClientAuth::Passthrough),
+        "absorb" => Ok(ClientAuth::Absorb),
+        "require" => {
+            let auth = Spanned::new(
+                c.span(),
+                RawAuth {
+                    username: r.username.clone(),
+                    password_env: r.password_env.clone(),
+                    password_file: r.password_file.clone(),
+                    password: r.password.clone(),
+                },
+            );
+            Ok(ClientAuth::Require(credentials(&auth, table, src)?))
+        }
+        other => Err(src.invalid(
+            &r.mode.span(),
+            &format!("{table}.mode"),
+            format!("`{other}` is not a mode; use \"passthrough\", \"absorb\" or \"require\""),
+        )),
+    }
+}
+
+/// Resolves an `[auth]` section to the secret itself, now, so that a missing variable or an
+/// unreadable file is a config error at start rather than a failed AUTH later.
+fn credentials(
+    auth: &Spanned<RawAuth>,
+    table: &str,
+    src: &Source<'_>,
+) -> Result<Credentials, ConfigError> {
+    let a = auth.get_ref();
+    let given = [
+        a.password_env.is_some(),
+        a.password_file.is_some(),
+        a.password.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() != 1 {
+        return Err(src.invalid(
+            &auth.span(),
+            table,
+            "set exactly one of password_env, password_file or password",
+        ));
+    }
+    let password = if let Some(var) = &a.password_env {
+        let name = var.get_ref();
+        let key = format!("{table}.password_env");
+        match std::env::var(name) {
+            Ok(v) if v.is_empty() => {
+                return Err(src.invalid(
+                    &var.span(),
+                    &key,
+                    format!("environment variable {name} is empty"),
+                ));
+            }
+            Ok(v) => v,
+            Err(std::env::VarError::NotPresent) => {
+                return Err(src.invalid(
+                    &var.span(),
+                    &key,
+                    format!("environment variable {name} is not set"),
+                ));
+            }
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(src.invalid(
+                    &var.span(),
+                    &key,
+                    format!("environment variable {name} is not valid UTF-8"),
+                ));
+            }
+        }
+    } else if let Some(file) = &a.password_file {
+        let path = file.get_ref();
+        let key = format!("{table}.password_file");
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            src.invalid(
+                &file.span(),
+                &key,
+                format!("cannot read password file {}: {e}", path.display()),
+            )
+        })?;
+        // Secret files written by editors, `echo` or Kubernetes often end in a newline that is
+        // not part of the token.
+        let value = text.trim_end_matches(['\r', '\n']).to_owned();
+        if value.is_empty() {
+            return Err(src.invalid(
+                &file.span(),
+                &key,
+                format!("password file {} is empty", path.display()),
+            ));
+        }
+        value
+    } else if let Some(p) = &a.password {
+        if p.get_ref().is_empty() {
+            return Err(src.invalid(&p.span(), &format!("{table}.password"), "must not be empty"));
+        }
+        p.get_ref().clone()
+    } else {
+        unreachable!("exactly one password source was checked above")
+    };
+    let username = match &a.username {
+        Some(u) if u.get_ref().is_empty() => {
+            return Err(src.invalid(&u.span(), &format!("{table}.username"), "must not be empty"));
+        }
+        Some(u) => Some(u.get_ref().clone()),
+        None => None,
+    };
+    Ok(Credentials {
+        username,
+        password: Secret::new(password),
+        file: a.password_file.as_ref().map(|f| f.get_ref().clone()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SingleListener;
+    use std::time::Duration;
+
+    fn err(text: &str) -> String {
+        Config::from_toml(text, "t.toml").unwrap_err().to_string()
+    }
+
+    const MIN: &str = "[[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = \"localhost:6379\"\n";
+
+    #[test]
+    fn minimal_listener_gets_defaults() {
+        let c = Config::from_toml(MIN, "t.toml").unwrap();
+        assert_eq!(c.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(c.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
+        let l = &c.listeners[0];
+        assert_eq!(l.name, "127.0.0.1:0");
+        assert_eq!(l.upstream_list(), "localhost:6379");
+        assert!(l.auth.is_none());
+        assert!(!l.insecure_skip_verify);
+        assert_eq!(l.upstreams[0].server_name.to_str(), "localhost");
+        assert_eq!((l.role, &l.pool), (Role::Any, &PoolConfig::default()));
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = err(&format!("{MIN}[listener.tls]\nca_flie = \"x\"\n"));
+        assert!(e.starts_with("t.toml:5: listener.tls.ca_flie: "), "{e}");
+        assert!(e.contains("unknown field `ca_flie`"), "{e}");
+        let e = err(&format!("conect_timeout = \"1s\"\n{MIN}"));
+        assert!(e.starts_with("t.toml:1: conect_timeout: "), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let e = err(&format!("connect_timeout = \"5 parsecs\"\n{MIN}"));
+        assert!(e.starts_with("t.toml:1: connect_timeout: "), "{e}");
+        let e = err(&format!("connect_timeout = \"0s\"\n{MIN}"));
+        assert_eq!(e, "t.toml:1: connect_timeout: must be more than 0s");
+        let e = err("[[listener]]\nlisten = \"localhost\"\nupstream = \"h:1\"\n");
+        assert!(e.starts_with("t.toml:2: listener.listen: "), "{e}");
+        let e = err("[[listener]]\nlisten = \"127.0.0.1:1\"\nupstream = \"h\"\n");
+        assert!(e.starts_with("t.toml:3: listener.upstream: "), "{e}");
+        let e = err(&format!("[tls]\nmin_version = \"1.1\"\n{MIN}"));
+        assert!(e.starts_with("t.toml:2: tls.min_version: "), "{e}");
+        let e = err(&format!(
+            "{MIN}[listener.tls]\nca_file = \"/nonexistent/ca.pem\"\n"
+        ));
+        assert!(
+            e.starts_with(
+                "t.toml:5: listener.tls.ca_file: cannot read certificates from /nonexistent/ca.pem"
+            ),
+            "{e}"
+        );
+        let e = err("");
+        assert!(e.contains("no [[listener]]"), "{e}");
+    }
+
+    #[test]
+    fn threads_and_multiplex_are_bounded() {
+        assert_eq!(
+            err(&format!("threads = 0\n{MIN}")),
+            "t.toml:1: threads: must be between 1 and 256"
+        );
+        assert_eq!(
+            err(&format!("[pool]\nmultiplex = 17\n{MIN}")),
+            "t.toml:2: pool.multiplex: must be at most 16 (shared sessions per listener)"
+        );
+        let c = Config::from_toml(
+            &format!("threads = 4\n[pool]\nmultiplex = 0\n{MIN}[listener.pool]\nmultiplex = 3\n"),
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!((c.threads, c.listeners[0].pool.multiplex), (4, 3));
+        let c = Config::from_toml(MIN, "t.toml").unwrap();
+        assert_eq!((c.threads, c.listeners[0].pool.multiplex), (1, 2));
+    }
+
+    #[test]
+    fn auth_needs_exactly_one_source() {
+        let e = err(&format!("[auth]\nusername = \"u\"\n{MIN}"));
+        assert!(e.starts_with("t.toml:1: auth: set exactly one of"), "{e}");
+        let e = err(&format!(
+            "[auth]\npassword = \"a\"\npassword_env = \"B\"\n{MIN}"
+        ));
+        assert!(e.contains("exactly one"), "{e}");
+    }
+
+    #[test]
+    fn missing_env_and_file_are_named() {
+        let e = err(&format!(
+            "[auth]\npassword_env = \"ECTUNNEL_TEST_SURELY_UNSET\"\n{MIN}"
+        ));
+        assert_eq!(
+            e,
+            "t.toml:2: auth.password_env: environment variable ECTUNNEL_TEST_SURELY_UNSET is not set"
+        );
+        let e = err(&format!(
+            "{MIN}[listener.auth]\npassword_file = \"/nonexistent/tok\"\n"
+        ));
+        assert!(
+            e.starts_with(
+                "t.toml:5: listener.auth.password_file: cannot read password file /nonexistent/tok"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn listener_auth_replaces_default_and_secret_is_masked() {
+        let dir = tempfile::tempdir().unwrap();
+        let tok = dir.path().join("tok");
+        std::fs::write(&tok, "file-token-123456\n").unwrap();
+        let text = format!(
+            "[auth]\npassword = \"inline-token-123456\"\n{MIN}[[listener]]\nname = \"b\"\nlisten = \"127.0.0.1:0\"\nupstream = \"h:2\"\n[listener.auth]\nusername = \"app\"\npassword_file = \"{}\"\n",
+            tok.display()
+        );
+        let c = Config::from_toml(&text, "t.toml").unwrap();
+        let a = c.listeners[0].auth.as_ref().unwrap();
+        assert_eq!(
+            (a.username.as_deref(), a.password.expose()),
+            (None, "inline-token-123456")
+        );
+        let b = c.listeners[1].auth.as_ref().unwrap();
+        assert_eq!(
+            (b.username.as_deref(), b.password.expose()),
+            (Some("app"), "file-token-123456")
+        );
+        let dump = format!("{c:?}");
+        assert!(
+            !dump.contains("inline-token") && !dump.contains("file-token"),
+            "{dump}"
+        );
+    }
+
+    #[test]
+    fn tls_keys_merge_per_key() {
+        let text = format!(
+            "[tls]\nserver_name = \"shared.example\"\nmin_version = \"1.3\"\n{MIN}[[listener]]\nname = \"b\"\nlisten = \"127.0.0.1:0\"\nupstream = \"10.0.0.1:6379\"\n[listener.tls]\nserver_name = \"own.example\"\n"
+        );
+        let c = Config::from_toml(&text, "t.toml").unwrap();
+        assert_eq!(
+            c.listeners[0].upstreams[0].server_name.to_str(),
+            "shared.example"
+        );
+        assert_eq!(
+            c.listeners[1].upstreams[0].server_name.to_str(),
+            "own.example"
+        );
+    }
+
+    #[test]
+    fn duplicate_names_rejected() {
+        let e = err(&format!("{MIN}{MIN}"));
+        assert!(e.contains("two listeners are named `127.0.0.1:0`"), "{e}");
+    }
+
+    #[test]
+    fn client_auth_modes_and_protocols() {
+        let c = Config::from_toml(
+            &format!("[client_auth]\nmode = \"absorb\"\n{MIN}protocol = \"resp\"\n"),
+            "t.toml",
+        )
+        .unwrap();
+        assert!(matches!(c.listeners[0].client_auth, ClientAuth::Absorb));
+        assert_eq!(c.listeners[0].protocol, Protocol::Resp);
+        let c = Config::from_toml(
+            &format!("{MIN}[listener.client_auth]\nmode = \"require\"\nusername = \"u\"\npassword = \"client-pass\"\n"),
+            "t.toml",
+        )
+        .unwrap();
+        match &c.listeners[0].client_auth {
+            ClientAuth::Require(cr) => assert_eq!(
+                (cr.username.as_deref(), cr.password.expose()),
+                (Some("u"), "client-pass")
+            ),
+            other => panic!("{other:?}"),
+        }
+        let e = err(&format!(
+            "{MIN}[listener.client_auth]\nmode = \"require\"\n"
+        ));
+        assert!(
+            e.starts_with("t.toml:4: listener.client_auth: set exactly one of"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "[client_auth]\nmode = \"absorb\"\npassword = \"x\"\n{MIN}"
+        ));
+        assert!(e.contains("only mode = \"require\" takes"), "{e}");
+        let e = err(&format!("[client_auth]\nmode = \"trust\"\n{MIN}"));
+        assert!(
+            e.starts_with("t.toml:2: client_auth.mode: `trust` is not a mode"),
+            "{e}"
+        );
+        let e = err(&format!("{MIN}protocol = \"memcache\"\n"));
+        assert!(e.starts_with("t.toml:4: listener.protocol: "), "{e}");
+        let e = err(&format!(
+            "[client_auth]\nmode = \"absorb\"\n{MIN}protocol = \"raw\"\n"
+        ));
+        assert!(e.contains("client_auth needs protocol = \"resp\""), "{e}");
+    }
+
+    #[test]
+    fn a_non_loopback_listener_needs_require_or_an_explicit_opt_out() {
+        let open = "[[listener]]\nlisten = \"0.0.0.0:6379\"\nupstream = \"h:1\"\n";
+        let e = err(open);
+        assert!(
+            e.starts_with("t.toml:2: listener.listen: 0.0.0.0:6379 is not a loopback address"),
+            "{e}"
+        );
+        assert!(
+            Config::from_toml(&format!("{open}allow_unauthenticated = true\n"), "t.toml").is_ok()
+        );
+        let guarded =
+            format!("{open}[listener.client_auth]\nmode = \"require\"\npassword = \"p-0000\"\n");
+        assert!(Config::from_toml(&guarded, "t.toml").is_ok());
+    }
+
+    #[test]
+    fn pools_roles_and_candidate_lists() {
+        let text = format!(
+            "[pool]\nmin_idle = 4\nmax_lifetime = \"10m\"\n{MIN}role = \"primary\"\n[listener.pool]\nmin_idle = 1\nreuse = false\n[[listener]]\nname = \"b\"\nlisten = \"127.0.0.1:0\"\nupstream = [\"a.example:6379\", \"b.example:6380\"]\n"
+        );
+        let c = Config::from_toml(&text, "t.toml").unwrap();
+        let (a, b) = (&c.listeners[0], &c.listeners[1]);
+        assert_eq!(a.role, Role::Primary);
+        assert_eq!(
+            (a.pool.min_idle, a.pool.reuse, a.pool.max_lifetime),
+            (1, false, Duration::from_secs(600))
+        );
+        assert_eq!((b.pool.min_idle, b.pool.reuse), (4, true));
+        assert_eq!(b.upstream_list(), "a.example:6379,b.example:6380");
+        assert_eq!(b.upstreams[1].server_name.to_str(), "b.example");
+        let e = err(&format!("{MIN}role = \"leader\"\n"));
+        assert!(
+            e.starts_with("t.toml:4: listener.role: `leader` is not a role"),
+            "{e}"
+        );
+        let e = err(&format!("[pool]\nmin_idle = 9\nmax_idle = 3\n{MIN}"));
+        assert!(
+            e.starts_with("t.toml:3: pool.max_idle: must be at least min_idle (9)"),
+            "{e}"
+        );
+        let e = err("[[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = []\n");
+        assert!(
+            e.starts_with("t.toml:3: listener.upstream: the list is empty"),
+            "{e}"
+        );
+        let e = err("[[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = [\"ok:1\", \"bad\"]\n");
+        assert!(
+            e.starts_with("t.toml:3: listener.upstream: `bad` has no port"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn upstream_forms() {
+        let p = |s: &str| s.parse::<UpstreamAddr>();
+        assert_eq!(p("[::1]:6379").unwrap().to_string(), "[::1]:6379");
+        assert_eq!(p("master.x.cache.amazonaws.com:6379").unwrap().port, 6379);
+        assert!(p("::1:6379").is_err());
+        assert!(p("h:0").is_err());
+        assert!(p(":6379").is_err());
+    }
+
+    #[test]
+    fn single_listener_from_flags() {
+        let c = Config::single(&SingleListener {
+            listen: "127.0.0.1:0".into(),
+            upstream: "localhost:1".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.listeners.len(), 1);
+        let e = Config::single(&SingleListener {
+            listen: "nope".into(),
+            upstream: "localhost:1".into(),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("command line: listener.listen: "), "{e}");
+    }
+}

@@ -1,0 +1,3 @@
+//! Helpers around the tunnel: converting an stunnel configuration ([`stunnel`]).
+
+pub mod stunnel;
