@@ -192,13 +192,11 @@ impl Service {
             "no" => Ok(false),
             _ => Err(bad("expected yes or no")),
         };
-        let name = |n: &str| {
-            ServerName::try_from(n.to_owned())
-                .map(|_| n.to_owned())
-                .map_err(|_| bad("not a valid DNS name or IP address"))
-        };
-        let old_version = "ectunnel's minimum is TLS 1.2; it never offers anything older";
-        let note = match o.key.to_ascii_lowercase().as_str() {
+        let key = o.key.to_ascii_lowercase();
+        if let Some(note) = self.apply_tls(&key, v, &bad, &yes)? {
+            return Ok(note);
+        }
+        let note = match key.as_str() {
             "client" => {
                 self.client = Some(yes()?);
                 if self.client == Some(true) {
@@ -215,6 +213,44 @@ impl Service {
                 self.connect.push((v.to_owned(), o.line));
                 "→ upstream (several are candidates, tried in order)"
             }
+            "delay" => {
+                yes()?;
+                "ectunnel resolves DNS on every connect anyway"
+            }
+            "timeoutconnect" => match v.parse::<u64>() {
+                Ok(0) => "0 is not a usable timeout; ectunnel's default (5s) applies",
+                Ok(secs) => {
+                    self.timeout = Some(secs);
+                    "→ connect_timeout (one value for all listeners)"
+                }
+                Err(_) => return Err(bad("expected whole seconds")),
+            },
+            "setuid" | "setgid" | "pid" | "foreground" | "chroot" => {
+                "process management: run ectunnel under systemd or docker instead"
+            }
+            "output" | "syslog" => "ectunnel logs to stderr; let systemd or docker collect it",
+            "debug" => "use ectunnel --log-level (error|warn|info|debug|trace)",
+            "failover" => "ectunnel tries the upstream candidates in order (like prio)",
+            _ => NO_EQUIVALENT,
+        };
+        Ok(note)
+    }
+
+    /// The TLS options: certificates, verification, versions. `None` for any other option.
+    fn apply_tls(
+        &mut self,
+        key: &str,
+        v: &str,
+        bad: &dyn Fn(&str) -> ConvertError,
+        yes: &dyn Fn() -> Result<bool, ConvertError>,
+    ) -> Result<Option<&'static str>, ConvertError> {
+        let name = |n: &str| {
+            ServerName::try_from(n.to_owned())
+                .map(|_| n.to_owned())
+                .map_err(|_| bad("not a valid DNS name or IP address"))
+        };
+        let old_version = "ectunnel's minimum is TLS 1.2; it never offers anything older";
+        let note = match key {
             "cafile" => {
                 self.ca_file = Some(v.to_owned());
                 "→ tls.ca_file (replaces the built-in Mozilla roots)"
@@ -239,26 +275,7 @@ impl Service {
                 self.pinned = yes()?;
                 "ectunnel does not pin certificates; it verifies chain and hostname instead"
             }
-            "verify" => match v.parse::<u8>() {
-                Ok(0 | 1) => {
-                    self.verify_chain = false;
-                    "levels 0 and 1 verify nothing that matters (see the verification note)"
-                }
-                Ok(2) => {
-                    self.verify_chain = true;
-                    "level 2 verifies the chain, which ectunnel always does"
-                }
-                Ok(level @ (3 | 4)) => {
-                    self.verify_chain = level == 3;
-                    self.pinned = true;
-                    "ectunnel does not pin certificates; it verifies chain and hostname instead"
-                }
-                _ => return Err(bad("expected a level from 0 to 4")),
-            },
-            "delay" => {
-                yes()?;
-                "ectunnel resolves DNS on every connect anyway"
-            }
+            "verify" => self.verify_level(v, bad)?,
             "cert" => {
                 self.cert = Some(v.to_owned());
                 "→ tls.client_cert"
@@ -279,31 +296,41 @@ impl Service {
                 _ => return Err(bad("expected TLSv1.2 or TLSv1.3")),
             },
             "sslversionmax" => "no equivalent: ectunnel always offers TLS 1.3",
-            "timeoutconnect" => match v.parse::<u64>() {
-                Ok(0) => "0 is not a usable timeout; ectunnel's default (5s) applies",
-                Ok(secs) => {
-                    self.timeout = Some(secs);
-                    "→ connect_timeout (one value for all listeners)"
-                }
-                Err(_) => return Err(bad("expected whole seconds")),
-            },
             "options" => match v.to_ascii_uppercase().as_str() {
                 "NO_SSLV2" | "NO_SSLV3" | "NO_TLSV1" | "NO_TLSV1_1" | "NO_TLSV1.1" => old_version,
                 _ => NO_EQUIVALENT,
             },
             "fips" => "ectunnel uses rustls with aws-lc-rs; there is no fips switch",
-            "setuid" | "setgid" | "pid" | "foreground" | "chroot" => {
-                "process management: run ectunnel under systemd or docker instead"
-            }
-            "output" | "syslog" => "ectunnel logs to stderr; let systemd or docker collect it",
-            "debug" => "use ectunnel --log-level (error|warn|info|debug|trace)",
             "capath" => {
                 "no equivalent: ectunnel reads one PEM bundle; concatenate it into tls.ca_file"
             }
-            "failover" => "ectunnel tries the upstream candidates in order (like prio)",
-            _ => NO_EQUIVALENT,
+            _ => return Ok(None),
         };
-        Ok(note)
+        Ok(Some(note))
+    }
+
+    /// stunnel's `verify = 0..4`.
+    fn verify_level(
+        &mut self,
+        v: &str,
+        bad: &dyn Fn(&str) -> ConvertError,
+    ) -> Result<&'static str, ConvertError> {
+        Ok(match v.parse::<u8>() {
+            Ok(0 | 1) => {
+                self.verify_chain = false;
+                "levels 0 and 1 verify nothing that matters (see the verification note)"
+            }
+            Ok(2) => {
+                self.verify_chain = true;
+                "level 2 verifies the chain, which ectunnel always does"
+            }
+            Ok(level @ (3 | 4)) => {
+                self.verify_chain = level == 3;
+                self.pinned = true;
+                "ectunnel does not pin certificates; it verifies chain and hostname instead"
+            }
+            _ => return Err(bad("expected a level from 0 to 4")),
+        })
     }
 }
 
@@ -383,9 +410,47 @@ pub fn convert(stunnel: &str, source_name: &str) -> Result<String, ConvertError>
     for o in &globals {
         comment(&mut head, o, defaults.apply(o, file)?);
     }
-
-    let (mut body, mut timeouts, mut listens) = (String::new(), Vec::new(), Vec::new());
+    let mut out = Converted::default();
     for sec in &sections {
+        out.section(sec, &defaults, file)?;
+    }
+    if out.listens.is_empty() {
+        return Err(ConvertError::NoClientService {
+            file: file.to_owned(),
+        });
+    }
+    if let Some(max) = out.timeouts.iter().max() {
+        if out.timeouts.iter().any(|t| t != max) {
+            head.push_str(
+                "# Services set different TIMEOUTconnect; ectunnel has one: the largest.\n",
+            );
+        }
+        let _ = writeln!(head, "connect_timeout = \"{max}s\"");
+    }
+    head.push_str(
+        "\n# [auth]\n# password_env = \"REDIS_AUTH\"   # ectunnel can send the AUTH token for your clients\n",
+    );
+    head.push_str(&out.body);
+    Ok(head)
+}
+
+/// The listeners converted so far.
+#[derive(Default)]
+struct Converted {
+    body: String,
+    timeouts: Vec<u64>,
+    /// Each listen address, and the service that has it.
+    listens: Vec<(SocketAddr, String)>,
+}
+
+impl Converted {
+    /// One `[service]`: a listener if it is a client service, else a comment saying why not.
+    fn section(
+        &mut self,
+        sec: &Section,
+        defaults: &Service,
+        file: &str,
+    ) -> Result<(), ConvertError> {
         let mut s = defaults.clone();
         // A service's own connect / checkHost replace the defaults rather than add to them.
         let own = |k: &str| sec.opts.iter().any(|o| o.key.eq_ignore_ascii_case(k));
@@ -402,12 +467,12 @@ pub fn convert(stunnel: &str, source_name: &str) -> Result<String, ConvertError>
         let title = clean(&sec.name);
         if s.client != Some(true) {
             let _ = writeln!(
-                body,
+                self.body,
                 "\n# [{title}] (line {}): not a client service (needs `client = yes`): skipped.",
                 sec.line
             );
-            body.push_str(&notes);
-            continue;
+            self.body.push_str(&notes);
+            return Ok(());
         }
         let missing = |key| ConvertError::Missing {
             file: file.to_owned(),
@@ -430,20 +495,33 @@ pub fn convert(stunnel: &str, source_name: &str) -> Result<String, ConvertError>
             let why = "ectunnel listens on an IP address: write IP:port or a port".to_owned();
             bad(accept_line, "accept", &accept, why)
         })?;
-        if let Some((_, other)) = listens.iter().find(|(a, _)| *a == listen) {
+        if let Some((_, other)) = self.listens.iter().find(|(a, _)| *a == listen) {
             let why = format!("{listen} is also used by [{other}]");
             return Err(bad(accept_line, "accept", &accept, why));
         }
-        listens.push((listen, sec.name.clone()));
+        self.listens.push((listen, sec.name.clone()));
         let upstreams = s
             .connect
             .iter()
             .map(|(c, line)| upstream_addr(c).map_err(|why| bad(*line, "connect", c, why)))
             .collect::<Result<Vec<_>, _>>()?;
-        timeouts.extend(s.timeout);
+        self.timeouts.extend(s.timeout);
+        let _ = writeln!(self.body, "\n# [{title}] (line {})", sec.line);
+        self.body.push_str(&notes);
+        self.listener(sec, &s, listen, port_only, &upstreams);
+        Ok(())
+    }
 
-        let _ = writeln!(body, "\n# [{title}] (line {})", sec.line);
-        body.push_str(&notes);
+    /// Writes the `[[listener]]` of a client service, with what the reader must know about it.
+    fn listener(
+        &mut self,
+        sec: &Section,
+        s: &Service,
+        listen: SocketAddr,
+        port_only: bool,
+        upstreams: &[UpstreamAddr],
+    ) {
+        let body = &mut self.body;
         let server_name = s.check_host.clone().or_else(|| s.sni.clone());
         if let (Some(host), Some(sni)) = (&s.check_host, &s.sni)
             && host != sni
@@ -461,37 +539,8 @@ pub fn convert(stunnel: &str, source_name: &str) -> Result<String, ConvertError>
                 clean(&u.host)
             );
         }
-        let roots = if s.ca_file.is_some() {
-            "ca_file"
-        } else {
-            "the built-in Mozilla roots, which include Amazon's"
-        };
-        body.push_str(match (s.verify_chain, s.check_host.is_some(), s.pinned) {
-            (false, _, false) => {
-                "# Verification: stunnel verified nothing here and would have accepted any certificate.\n"
-            }
-            (false, _, true) => "# Verification: stunnel only pinned the peer certificate.\n",
-            (true, false, _) => "# Verification: stunnel verified the chain but not the hostname.\n",
-            (true, true, _) => "# Verification: stunnel verified chain and hostname, as ectunnel does.\n",
-        });
-        let _ = writeln!(
-            body,
-            "# ectunnel verifies chain and hostname by default, against {roots}."
-        );
-        if port_only {
-            body.push_str(
-                "# stunnel's port-only accept listens on every interface. ectunnel can inject credentials,\n\
-                 # so it listens on loopback; to expose it, set an explicit address and\n\
-                 # allow_unauthenticated = true.\n",
-            );
-        } else if !listen.ip().is_loopback() {
-            let _ = writeln!(
-                body,
-                "# WARNING: {listen} is NOT loopback: anyone who can reach it gets the upstream, and an\n\
-                 # authenticated session once [auth] is set. Kept as stunnel had it, with\n\
-                 # allow_unauthenticated = true; prefer 127.0.0.1, or [listener.client_auth] mode = \"require\"."
-            );
-        }
+        verification_note(body, s);
+        exposure_note(body, listen, port_only);
         let _ = writeln!(body, "[[listener]]\nname = {}", quote(&sec.name));
         let _ = writeln!(body, "listen = {}", quote(&listen.to_string()));
         if !port_only && !listen.ip().is_loopback() {
@@ -502,53 +551,77 @@ pub fn convert(stunnel: &str, source_name: &str) -> Result<String, ConvertError>
             [one] => _ = writeln!(body, "upstream = {one}"),
             many => _ = writeln!(body, "upstream = [{}]", many.join(", ")),
         }
-        let key = match (&s.cert, &s.key) {
-            (Some(cert), None) => {
-                body.push_str("# stunnel reads the key from the cert file when `key` is absent.\n");
-                Some(cert.clone())
-            }
-            (None, Some(_)) => {
-                body.push_str(
-                    "# `key` without `cert` is ignored: a client certificate needs both.\n",
-                );
-                None
-            }
-            (_, key) => key.clone(),
-        };
-        let tls = [
-            ("ca_file", s.ca_file.clone()),
-            ("server_name", server_name),
-            ("min_version", s.min_version.map(str::to_owned)),
-            ("client_cert", s.cert.clone()),
-            ("client_key", key),
-        ];
-        if tls.iter().any(|(_, v)| v.is_some()) {
-            body.push_str("[listener.tls]\n");
-            for (k, v) in tls {
-                if let Some(v) = v {
-                    let _ = writeln!(body, "{k} = {}", quote(&v));
-                }
-            }
+        tls_table(body, s, server_name);
+    }
+}
+
+/// What stunnel verified here, against what ectunnel verifies.
+fn verification_note(body: &mut String, s: &Service) {
+    let roots = if s.ca_file.is_some() {
+        "ca_file"
+    } else {
+        "the built-in Mozilla roots, which include Amazon's"
+    };
+    body.push_str(match (s.verify_chain, s.check_host.is_some(), s.pinned) {
+        (false, _, false) => {
+            "# Verification: stunnel verified nothing here and would have accepted any certificate.\n"
         }
-    }
-    if listens.is_empty() {
-        return Err(ConvertError::NoClientService {
-            file: file.to_owned(),
-        });
-    }
-    if let Some(max) = timeouts.iter().max() {
-        if timeouts.iter().any(|t| t != max) {
-            head.push_str(
-                "# Services set different TIMEOUTconnect; ectunnel has one: the largest.\n",
-            );
-        }
-        let _ = writeln!(head, "connect_timeout = \"{max}s\"");
-    }
-    head.push_str(
-        "\n# [auth]\n# password_env = \"REDIS_AUTH\"   # ectunnel can send the AUTH token for your clients\n",
+        (false, _, true) => "# Verification: stunnel only pinned the peer certificate.\n",
+        (true, false, _) => "# Verification: stunnel verified the chain but not the hostname.\n",
+        (true, true, _) => "# Verification: stunnel verified chain and hostname, as ectunnel does.\n",
+    });
+    let _ = writeln!(
+        body,
+        "# ectunnel verifies chain and hostname by default, against {roots}."
     );
-    head.push_str(&body);
-    Ok(head)
+}
+
+/// Who can reach the listener, where stunnel listened beyond loopback.
+fn exposure_note(body: &mut String, listen: SocketAddr, port_only: bool) {
+    if port_only {
+        body.push_str(
+            "# stunnel's port-only accept listens on every interface. ectunnel can inject credentials,\n\
+             # so it listens on loopback; to expose it, set an explicit address and\n\
+             # allow_unauthenticated = true.\n",
+        );
+    } else if !listen.ip().is_loopback() {
+        let _ = writeln!(
+            body,
+            "# WARNING: {listen} is NOT loopback: anyone who can reach it gets the upstream, and an\n\
+             # authenticated session once [auth] is set. Kept as stunnel had it, with\n\
+             # allow_unauthenticated = true; prefer 127.0.0.1, or [listener.client_auth] mode = \"require\"."
+        );
+    }
+}
+
+/// The listener's `[listener.tls]`, when stunnel set anything that goes there.
+fn tls_table(body: &mut String, s: &Service, server_name: Option<String>) {
+    let key = match (&s.cert, &s.key) {
+        (Some(cert), None) => {
+            body.push_str("# stunnel reads the key from the cert file when `key` is absent.\n");
+            Some(cert.clone())
+        }
+        (None, Some(_)) => {
+            body.push_str("# `key` without `cert` is ignored: a client certificate needs both.\n");
+            None
+        }
+        (_, key) => key.clone(),
+    };
+    let tls = [
+        ("ca_file", s.ca_file.clone()),
+        ("server_name", server_name),
+        ("min_version", s.min_version.map(str::to_owned)),
+        ("client_cert", s.cert.clone()),
+        ("client_key", key),
+    ];
+    if tls.iter().any(|(_, v)| v.is_some()) {
+        body.push_str("[listener.tls]\n");
+        for (k, v) in tls {
+            if let Some(v) = v {
+                let _ = writeln!(body, "{k} = {}", quote(&v));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
