@@ -12,7 +12,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ectunnel::config::{ClientAuth, Credentials, Secret};
 use ectunnel::proto::memory::MemSession;
 use ectunnel::proto::scan::{Dir, Scanner};
-use ectunnel::proto::share::Splitter;
+use ectunnel::proto::share::{Budget, Splitter};
 
 /// What a socket read hands the engine at a time.
 const CHUNK: usize = 16 * 1024;
@@ -194,7 +194,7 @@ fn split_all(data: &[u8]) -> u32 {
     let (mut replies, mut buf) = (0, BytesMut::with_capacity(2 * CHUNK));
     for chunk in data.chunks(CHUNK) {
         buf.extend_from_slice(chunk);
-        let split = s.split(&buf);
+        let split = s.split(&buf, Budget::UNLIMITED);
         assert!(split.stop.is_none());
         replies += split.replies;
         // The run goes out; a frame cut by the read boundary stays for the next read.

@@ -1,23 +1,34 @@
 //! ectunnel: a TLS-originating tunnel for Redis clients that cannot speak TLS.
 //!
+//! The data path, top to bottom:
+//! 1. [`server`] accepts a client on a `[[listener]]` and gives it a [`listener::Handle`]: the
+//!    listener as it is now, reloads included.
+//! 2. [`client`] serves it on the listener's shared upstream sessions while its commands allow
+//!    ([`upstream::mux`]), then on a session of its own.
+//! 3. [`proto`] says what each request and reply is, without I/O: where frames end, what may be
+//!    shared, what the tunnel answers, injects or swallows.
+//! 4. [`upstream`] reaches the server (DNS → TCP → TLS → AUTH), keeps sessions ready
+//!    ([`upstream::Pool`]), and alone decides where the upstream is now ([`upstream::Node`]).
+//! 5. A failure reaches the client as one `-ERR ectunnel: <stage> <upstream>: <reason>`.
+//!
 //! # Layout
 //! - [`cli`]: the command line (thin `main.rs` calls [`cli::main`]); exit codes.
 //! - [`config`]: TOML → validated [`config::Config`]; [`config::secret`] masks credentials.
-//! - [`tls`]: rustls client configuration (roots, versions, client certificate).
-//! - [`upstream`]: dialling an upstream (DNS → TCP → TLS → AUTH, failures named by stage), the
-//!   pool of ready sessions, and the sessions clients share ([`upstream::shared`]).
-//! - [`resp`]: the streaming scanner, the session engine, what may be shared, and the RESP the
-//!   tunnel itself speaks.
-//! - [`session`]: one client: on shared sessions while it can be, then on a session of its own
-//!   (RESP engine or raw pipe), forwarding both directions with half-close.
-//! - [`server`]: binding listeners, accepting, graceful drain on shutdown.
+//! - [`server`], [`listener`]: binding, accepting, reloading, draining; the handle a client holds.
+//! - [`client`]: one client: shared sessions, a session of its own (RESP engine or raw pipe).
+//! - [`proto`]: the streaming scanner, the session engine, what may be shared.
+//! - [`upstream`]: dial, the node authority, the pool, the shared sessions.
+//! - [`limits`]: every fixed limit with its reason. [`net`]: socket options. [`tls`]: rustls.
+//! - [`ops`]: metrics, the admin endpoint, `ectunnel check`. [`tools`]: `convert-stunnel`.
 //! - [`shutdown`]: the SIGINT/SIGTERM future.
-//! - [`check`]: `ectunnel check [--connect]`.
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod limits;
+pub mod listener;
+pub mod net;
 pub mod ops;
 pub mod proto;
 pub mod server;

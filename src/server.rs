@@ -15,9 +15,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::client;
 use crate::config::{ClientAuth, Config, ListenerConfig};
+use crate::limits::{ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN};
+use crate::listener::{Handle, Listener};
 use crate::ops::admin::{self, AdminState};
 use crate::ops::metrics::Metrics;
-use crate::upstream::Pool;
+use crate::upstream::Resolver;
 
 /// A listener (or the admin endpoint) that could not be bound; the process exits 1.
 #[derive(Debug, thiserror::Error)]
@@ -46,16 +48,16 @@ pub struct Server {
     shutdown_grace: Duration,
     admin: Option<TcpListener>,
     metrics: Arc<Metrics>,
-    pools: Arc<Mutex<Vec<Pool>>>,
+    resolver: Resolver,
+    /// The current listeners, for the admin endpoint (replaced on reload).
+    current: Arc<Mutex<Vec<Arc<Listener>>>>,
     reload_tx: mpsc::Sender<ReloadRequest>,
     reload_rx: mpsc::Receiver<ReloadRequest>,
 }
 
 struct Bound {
-    config: Arc<ListenerConfig>,
+    listener: Arc<Listener>,
     socket: TcpListener,
-    pool: Pool,
-    pool_stop: CancellationToken,
 }
 
 struct ReloadRequest {
@@ -71,9 +73,9 @@ pub struct Reloader {
 
 impl Reloader {
     /// Applies `config` (or records a failed reload when it is an error): new listeners bind,
-    /// removed ones stop accepting, every listener gets a fresh pool with the new settings;
-    /// sessions already open keep running untouched. All or nothing: if a new address cannot
-    /// be bound, nothing changes.
+    /// removed ones stop accepting, every listener gets a fresh pool with the new settings, and
+    /// clients already connected use the new settings for whatever they dial next. All or
+    /// nothing: if a new address cannot be bound, nothing changes.
     pub async fn reload(&self, config: Result<Config, String>) -> Result<(), ReloadError> {
         let (done, result) = oneshot::channel();
         self.tx
@@ -86,13 +88,19 @@ impl Reloader {
 
 impl Server {
     /// Binds every listener or none (a tunnel missing one of its ports is a broken tunnel),
-    /// then starts each listener's pool, which begins dialling at once.
+    /// then starts each listener's pool, which begins dialling at once. Names resolve with the
+    /// system resolver.
     pub async fn bind(config: Config) -> Result<Server, BindError> {
+        Server::bind_with(config, Resolver::system()).await
+    }
+
+    /// [`Server::bind`] with names resolved by `resolver`, for this and every later reload.
+    pub async fn bind_with(config: Config, resolver: Resolver) -> Result<Server, BindError> {
         let metrics = Metrics::new();
         let mut sockets = Vec::with_capacity(config.listeners.len());
         for l in config.listeners {
             let socket = bind(&l.name, l.listen).await?;
-            sockets.push((Arc::new(l), socket));
+            sockets.push((l, socket));
         }
         let admin = match config.admin {
             Some(addr) => Some(bind("admin", addr).await?),
@@ -102,45 +110,39 @@ impl Server {
             .into_iter()
             .map(|(l, socket)| {
                 announce(&l, &socket);
-                let pool_stop = CancellationToken::new();
-                let pool = Pool::start(l.clone(), pool_stop.clone(), metrics.listener(&l.name));
-                Bound {
-                    config: l,
-                    socket,
-                    pool,
-                    pool_stop,
-                }
+                let m = metrics.listener(&l.name);
+                let listener = Arc::new(Listener::start(l, resolver.clone(), m));
+                Bound { listener, socket }
             })
             .collect();
         if let Some(a) = &admin {
             tracing::info!(listen = %a.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()),
                 "admin endpoint: /metrics /healthz /readyz");
         }
-        let pools = Arc::new(Mutex::new(
-            listeners.iter().map(|b| b.pool.clone()).collect(),
-        ));
+        let current = listeners.iter().map(|b| b.listener.clone()).collect();
         let (reload_tx, reload_rx) = mpsc::channel(4);
         Ok(Server {
             listeners,
             shutdown_grace: config.shutdown_grace,
             admin,
             metrics,
-            pools,
+            resolver,
+            current: Arc::new(Mutex::new(current)),
             reload_tx,
             reload_rx,
         })
     }
 
-    /// Each listener's current pool, in config order (for readiness, metrics and tests).
-    pub fn pools(&self) -> Vec<Pool> {
-        self.listeners.iter().map(|b| b.pool.clone()).collect()
+    /// Each listener as it is now, in config order (for readiness, metrics and tests).
+    pub fn listeners(&self) -> Vec<Arc<Listener>> {
+        crate::lock(&self.current).clone()
     }
 
     /// The bound address of each listener, in config order.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .map(|b| b.socket.local_addr().unwrap_or(b.config.listen))
+            .map(|b| b.socket.local_addr().unwrap_or(b.listener.config.listen))
             .collect()
     }
 
@@ -168,13 +170,13 @@ impl Server {
         let mut active: HashMap<String, Active> = HashMap::new();
         for b in std::mem::take(&mut self.listeners) {
             let a = Active::start(b, &sessions, &end_sessions);
-            active.insert(a.config.name.clone(), a);
+            active.insert(a.name().to_owned(), a);
         }
         let admin_stop = CancellationToken::new();
         if let Some(socket) = self.admin.take() {
             let state = AdminState {
                 metrics: self.metrics.clone(),
-                pools: self.pools.clone(),
+                listeners: self.current.clone(),
             };
             tokio::spawn(admin::serve(socket, state, admin_stop.clone()));
         }
@@ -231,7 +233,7 @@ impl Server {
             // Port 0 in the old config means "whatever was bound": the bound address counts.
             let same_address = active
                 .get(&l.name)
-                .is_some_and(|a| a.config.listen == l.listen || a.local == l.listen);
+                .is_some_and(|a| a.config().listen == l.listen || a.local == l.listen);
             if !same_address {
                 sockets.insert(l.name.clone(), bind(&l.name, l.listen).await?);
             }
@@ -245,38 +247,32 @@ impl Server {
             }
             keep
         });
-        let mut pools = Vec::with_capacity(config.listeners.len());
+        let mut current = Vec::with_capacity(config.listeners.len());
         for l in config.listeners {
-            let l = Arc::new(l);
-            let pool_stop = CancellationToken::new();
-            let pool = Pool::start(l.clone(), pool_stop.clone(), self.metrics.listener(&l.name));
-            pools.push(pool.clone());
-            match sockets.remove(&l.name) {
-                // Same address: keep the socket (nothing in its backlog is lost), swap the
-                // pool; idle sessions made with the old settings go with the old pool.
+            let m = self.metrics.listener(&l.name);
+            let name = l.name.clone();
+            let listener = Arc::new(Listener::start(l, self.resolver.clone(), m));
+            current.push(listener.clone());
+            match sockets.remove(&name) {
+                // Same address: keep the socket (nothing in its backlog is lost); connected
+                // clients see the new listener through their handle.
                 None => {
-                    if let Some(a) = active.get_mut(&l.name) {
-                        warn_if_risky(&l, a.local);
-                        a.swap(l, pool, pool_stop);
+                    if let Some(a) = active.get_mut(&name) {
+                        warn_if_risky(&listener.config, a.local);
+                        a.swap(listener);
                     }
                 }
                 Some(socket) => {
-                    if let Some(old) = active.remove(&l.name) {
+                    if let Some(old) = active.remove(&name) {
                         old.stop();
                     }
-                    announce(&l, &socket);
-                    let b = Bound {
-                        config: l,
-                        socket,
-                        pool,
-                        pool_stop,
-                    };
-                    let a = Active::start(b, sessions, end_sessions);
-                    active.insert(a.config.name.clone(), a);
+                    announce(&listener.config, &socket);
+                    let a = Active::start(Bound { listener, socket }, sessions, end_sessions);
+                    active.insert(name, a);
                 }
             }
         }
-        *crate::lock(&self.pools) = pools;
+        *crate::lock(&self.current) = current;
         self.shutdown_grace = config.shutdown_grace;
         Ok(())
     }
@@ -303,46 +299,51 @@ fn announce(l: &ListenerConfig, socket: &TcpListener) {
         auth = l.auth.is_some(), "listening");
 }
 
-/// A listener being served: its accept loop and the pool it hands clients to.
+/// A listener being served: its accept loop and the listener state its clients watch.
 struct Active {
-    config: Arc<ListenerConfig>,
     local: SocketAddr,
-    pool_tx: watch::Sender<Pool>,
-    pool_stop: CancellationToken,
+    current: watch::Sender<Arc<Listener>>,
     stop_accepting: CancellationToken,
 }
 
 impl Active {
     fn start(b: Bound, sessions: &TaskTracker, end_sessions: &CancellationToken) -> Active {
-        let local = b.socket.local_addr().unwrap_or(b.config.listen);
-        let (pool_tx, pool_rx) = watch::channel(b.pool);
+        let local = b.socket.local_addr().unwrap_or(b.listener.config.listen);
+        let name = b.listener.config.name.clone();
+        let (current, handle) = watch::channel(b.listener);
         let stop_accepting = CancellationToken::new();
         tokio::spawn(accept_loop(
-            b.config.name.clone(),
+            name,
             b.socket,
-            pool_rx,
+            handle,
             sessions.clone(),
             stop_accepting.clone(),
             end_sessions.clone(),
         ));
         Active {
-            config: b.config,
             local,
-            pool_tx,
-            pool_stop: b.pool_stop,
+            current,
             stop_accepting,
         }
     }
 
-    fn swap(&mut self, config: Arc<ListenerConfig>, pool: Pool, pool_stop: CancellationToken) {
-        self.pool_tx.send_replace(pool);
-        std::mem::replace(&mut self.pool_stop, pool_stop).cancel();
-        self.config = config;
+    fn config(&self) -> Arc<ListenerConfig> {
+        self.current.borrow().config.clone()
+    }
+
+    fn name(&self) -> String {
+        self.current.borrow().config.name.clone()
+    }
+
+    /// The new listener state replaces the old for every client; the old one's pool and node
+    /// stop (its idle sessions close).
+    fn swap(&mut self, listener: Arc<Listener>) {
+        self.current.send_replace(listener).stop();
     }
 
     fn stop(&self) {
         self.stop_accepting.cancel();
-        self.pool_stop.cancel();
+        self.current.borrow().stop();
     }
 }
 
@@ -373,12 +374,12 @@ fn risks(l: &ListenerConfig, local: SocketAddr) -> Vec<String> {
 async fn accept_loop(
     name: String,
     socket: TcpListener,
-    pool: watch::Receiver<Pool>,
+    handle: Handle,
     sessions: TaskTracker,
     stop: CancellationToken,
     end_sessions: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(5);
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
@@ -386,14 +387,14 @@ async fn accept_loop(
         };
         match accepted {
             Ok((client, peer)) => {
-                backoff = Duration::from_millis(5);
+                backoff = ACCEPT_BACKOFF_MIN;
                 tracing::debug!(listener = %name, client = %peer, "client connected");
-                let pool = pool.borrow().clone();
+                let handle = handle.clone();
                 let end = end_sessions.clone();
                 let name = name.clone();
                 sessions.spawn(async move {
                     tokio::select! {
-                        _ = client::serve(client, peer, pool) => {}
+                        _ = client::serve(client, peer, handle) => {}
                         _ = end.cancelled() => tracing::debug!(listener = %name,
                             client = %peer, "session closed at end of shutdown grace"),
                     }
@@ -407,7 +408,7 @@ async fn accept_loop(
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
             }
         }
     }

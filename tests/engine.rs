@@ -174,31 +174,84 @@ fn push_frames_are_not_replies() {
 }
 
 #[test]
-fn replies_that_stop_pairing_with_requests_make_the_session_opaque() {
-    for trigger in [
-        cmd(&["MONITOR"]),
-        cmd(&["SUBSCRIBE", "ch"]),
-        cmd(&["CLIENT", "REPLY", "OFF"]),
-        cmd(&["client", "reply", "skip"]),
-        b"client reply off\r\n".to_vec(),
+fn where_replies_stop_pairing_nothing_is_injected_until_a_reset() {
+    for (trigger, its_replies) in [
+        (
+            cmd(&["MONITOR"]),
+            &b"+OK\r\n+1700000000.1 [0 127.0.0.1:1] \"get\" \"a\"\r\n"[..],
+        ),
+        (
+            cmd(&["SUBSCRIBE", "ch"]),
+            b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n",
+        ),
+        (cmd(&["CLIENT", "REPLY", "OFF"]), b""),
+        (cmd(&["client", "reply", "skip"]), b""),
+        (b"client reply off\r\n".to_vec(), b""),
     ] {
         let mut s = passthrough();
-        let req = [
-            cmd(&["GET", "a"]),
-            trigger.clone(),
+        let what = String::from_utf8_lossy(&trigger).into_owned();
+        let (up, client) = exchange(
+            &mut s,
+            &[cmd(&["GET", "a"]), trigger.clone()].concat(),
+            b"$1\r\n1\r\n",
+        );
+        assert_eq!(up, [cmd(&["GET", "a"]), trigger.clone()].concat(), "{what}");
+        assert_eq!(client, b"$1\r\n1\r\n");
+        assert!(!s.requests().is_synced(), "{what}");
+        // Whatever comes now is forwarded as it comes, a request sent meanwhile included.
+        let (up, client) = exchange(&mut s, &cmd(&["PING"]), its_replies);
+        assert_eq!(
+            (up, client),
+            (cmd(&["PING"]), its_replies.to_vec()),
+            "{what}"
+        );
+        // RESET: its +RESET is where pairing resumes; the tunnel's AUTH follows it, swallowed.
+        let req = [cmd(&["RESET"]), cmd(&["GET", "b"])].concat();
+        let (up, client) = exchange(&mut s, &req, b"+RESET\r\n+OK\r\n:1\r\n");
+        let want = [
             cmd(&["RESET"]),
+            cmd(&["AUTH", "tunnel-token"]),
             cmd(&["GET", "b"]),
         ]
         .concat();
-        let (up, client) = exchange(&mut s, &req, b"$1\r\n1\r\n+OK\r\n+RESET\r\n:1\r\n");
-        // Everything forwarded as is; nothing injected after the RESET.
-        assert_eq!(up, req, "{}", String::from_utf8_lossy(&trigger));
-        assert_eq!(client, b"$1\r\n1\r\n+OK\r\n+RESET\r\n:1\r\n");
-        assert!(s.requests().is_opaque() && s.replies().is_opaque());
+        assert_eq!(up, want, "{what}");
+        assert_eq!(client, b"+RESET\r\n:1\r\n", "{what}");
+        assert!(
+            s.requests().is_synced() && s.replies().is_synced(),
+            "{what}"
+        );
+        assert_eq!(s.pending_replies(), 0);
     }
     let mut s = passthrough();
     exchange(&mut s, &cmd(&["CLIENT", "REPLY", "ON"]), b"+OK\r\n");
-    assert!(!s.requests().is_opaque());
+    assert!(s.requests().is_synced());
+}
+
+#[test]
+fn resp3_subscribe_mode_keeps_replies_paired() {
+    let mut s = passthrough();
+    let hello = b"%1\r\n$5\r\nproto\r\n:3\r\n";
+    let (_, client) = exchange(&mut s, &cmd(&["HELLO", "3"]), hello);
+    assert_eq!(client, hello);
+    let push = b">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n";
+    let req = [cmd(&["SUBSCRIBE", "ch"]), cmd(&["PING"])].concat();
+    let (_, client) = exchange(&mut s, &req, &[&push[..], b"+PONG\r\n"].concat());
+    assert_eq!(client, [&push[..], b"+PONG\r\n"].concat());
+    assert!(s.requests().is_synced() && s.replies().is_synced());
+    // RESET in subscribe mode is an ordinary, paired RESET here.
+    let (up, client) = exchange(&mut s, &cmd(&["RESET"]), b"+RESET\r\n+OK\r\n");
+    assert_eq!(
+        up,
+        [cmd(&["RESET"]), cmd(&["AUTH", "tunnel-token"])].concat()
+    );
+    assert_eq!(client, b"+RESET\r\n");
+    // Had HELLO 3 failed, the connection is in RESP2 subscribe mode after all: unsynced.
+    let mut s = passthrough();
+    exchange(&mut s, &cmd(&["HELLO", "3"]), b"-NOPROTO sorry\r\n");
+    let sub = b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n";
+    let (_, client) = exchange(&mut s, &cmd(&["SUBSCRIBE", "ch"]), sub);
+    assert_eq!(client, sub);
+    assert!(!s.replies().is_synced());
 }
 
 #[test]
@@ -227,7 +280,7 @@ fn malformed_input_gets_an_error_after_the_pending_replies_then_closes() {
     assert!(close);
     assert_eq!(
         client,
-        b"$1\r\n1\r\n-ERR ectunnel: protocol error: expected '$', got ':'\r\n"
+        b"$1\r\n1\r\n-ERR Protocol error: expected '$', got ':'\r\n"
     );
 }
 
@@ -358,6 +411,6 @@ proptest! {
         }
         prop_assert_eq!(&client, &rep_stream);
         prop_assert_eq!(s.pending_replies(), 0);
-        prop_assert!(!s.replies().is_opaque());
+        prop_assert!(s.replies().is_synced());
     }
 }

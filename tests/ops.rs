@@ -429,3 +429,51 @@ async fn a_rotated_password_file_reloads_by_itself() {
     let (status, log) = bin.finish();
     assert_eq!(status.code(), Some(0), "{log}");
 }
+
+#[tokio::test]
+async fn a_reload_reaches_clients_connected_before_it() {
+    let pki = pki(&["localhost"]);
+    let redis = acl_redis(&pki, &["before-token-00000000"]);
+    let auth = |t: &str| format!("[auth]\npassword = \"{t}\"");
+    let tunnel = Tunnel::start(&config(
+        &pki,
+        redis.port,
+        &auth("before-token-00000000"),
+        "",
+    ))
+    .await;
+    let mut c = connect(tunnel.addr()).await;
+    assert_eq!(roundtrip(&mut c, &cmd(&["SET", "k", "v"])).await, "+OK\r\n");
+    // The token rotates on the server and in the tunnel's configuration...
+    let mut d = direct(&redis, &pki, "before-token-00000000").await;
+    let me = roundtrip(&mut d, &cmd(&["CLIENT", "ID"])).await;
+    let me = me.trim_start_matches(':').trim().to_owned();
+    let list = roundtrip(&mut d, &cmd(&["CLIENT", "LIST"])).await;
+    let before: Vec<String> = list
+        .lines()
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .filter(|id| *id != me)
+        .map(str::to_owned)
+        .collect();
+    let rotate = cmd(&[
+        "ACL",
+        "SETUSER",
+        "default",
+        "resetpass",
+        ">after-token-000000000",
+    ]);
+    assert_eq!(roundtrip(&mut d, &rotate).await, "+OK\r\n");
+    let new = config(&pki, redis.port, &auth("after-token-000000000"), "");
+    let new = ectunnel::Config::from_toml(&new, "reload.toml").unwrap();
+    tunnel.reloader.reload(Ok(new)).await.unwrap();
+    // ...then the server closes every session the tunnel made with the old one.
+    for id in &before {
+        roundtrip(&mut d, &cmd(&["CLIENT", "KILL", "ID", id])).await;
+    }
+    // The client connected before the reload is served with the new token.
+    let mut got = roundtrip(&mut c, &cmd(&["GET", "k"])).await;
+    if got.starts_with("-ERR ectunnel: ") && !got.contains("WRONGPASS") {
+        got = roundtrip(&mut c, &cmd(&["GET", "k"])).await; // it met the killed session
+    }
+    assert_eq!(got, "$1\r\nv\r\n");
+}

@@ -543,3 +543,71 @@ async fn failover_moves_shared_clients_without_a_reconnect() {
         "$5\r\nafter\r\n"
     );
 }
+
+/// The server's `total_connections_received`, read over a direct connection.
+async fn connections_received(redis: &Redis, pki: &Pki) -> u64 {
+    let mut d = direct(redis, pki, TOKEN).await;
+    let info = roundtrip(&mut d, &cmd(&["INFO", "stats"])).await;
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_connections_received:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_cleanly_returned_session_is_used_again_rather_than_a_fresh_dial() {
+    let (pki, redis, tunnel) = pooled_tunnel("min_idle = 1\nmax_idle = 1").await;
+    let pool = &tunnel.pools[0];
+    // The listener's two shared sessions take a pooled one each, once; the refill replaces them.
+    for _ in 0..2 {
+        let mut c = connect(tunnel.addr()).await;
+        assert_eq!(roundtrip(&mut c, &cmd(&["PING"])).await, "+PONG\r\n");
+    }
+    eventually("a warm session", || async { pool.idle_count() == 1 }).await;
+    let before = connections_received(&redis, &pki).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let mut c = connect(tunnel.addr()).await;
+        // SELECT needs a session of the client's own.
+        assert_eq!(roundtrip(&mut c, &cmd(&["SELECT", "1"])).await, "+OK\r\n");
+        ids.push(roundtrip(&mut c, &cmd(&["CLIENT", "ID"])).await);
+        drop(c);
+        let reused = &pool.metrics().reused;
+        let want = ids.len() as u64;
+        eventually("the session back in the pool", || async {
+            reused.get() == want && pool.idle_count() == 1
+        })
+        .await;
+    }
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    // The direct connections that asked (one per call) are the only new ones.
+    let after = connections_received(&redis, &pki).await;
+    assert_eq!(
+        after - before,
+        1,
+        "the tunnel dialled {} times",
+        after - before - 1
+    );
+}
+
+#[tokio::test]
+async fn an_idle_shared_session_is_closed_at_max_lifetime() {
+    let (pki, redis, tunnel) = pooled_tunnel("min_idle = 0\nmax_lifetime = \"1s\"").await;
+    let mut c = connect(tunnel.addr()).await;
+    assert_eq!(roundtrip(&mut c, &cmd(&["GET", "idle"])).await, "$-1\r\n");
+    let started = Instant::now();
+    // The shared session is the server connection whose last command was that GET.
+    eventually("the shared session closed", || async {
+        let mut d = direct(&redis, &pki, TOKEN).await;
+        let list = roundtrip(&mut d, &cmd(&["CLIENT", "LIST"])).await;
+        !list.contains(" cmd=get ")
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "closed after {:?}",
+        started.elapsed()
+    );
+    // The client, still connected, is served by a fresh one.
+    assert_eq!(roundtrip(&mut c, &cmd(&["GET", "idle"])).await, "$-1\r\n");
+}

@@ -201,7 +201,7 @@ async fn malformed_input_closes_only_its_own_session() {
         .unwrap();
     assert_eq!(
         read_to_close(&mut bad).await.unwrap(),
-        "$1\r\nv\r\n-ERR ectunnel: protocol error: expected '$', got ':'\r\n"
+        "$1\r\nv\r\n-ERR Protocol error: expected '$', got ':'\r\n"
     );
     assert_eq!(
         roundtrip(&mut good, &cmd(&["GET", "k"])).await,
@@ -248,6 +248,55 @@ async fn malformed_input_in_the_middle_of_a_streamed_command_still_gets_its_erro
     c.write_all(b":5\r\n").await.unwrap();
     assert_eq!(
         read_to_close(&mut c).await.unwrap(),
-        "-ERR ectunnel: protocol error: expected '$', got ':'\r\n"
+        "-ERR Protocol error: expected '$', got ':'\r\n"
     );
+}
+
+#[tokio::test]
+async fn reset_ends_subscribe_mode_and_the_session_stays_authenticated() {
+    let (_pki, _redis, tunnel) = setup("[listener.pool]\nmin_idle = 1\nmax_idle = 1").await;
+    let reused = &tunnel.pools[0].metrics().reused;
+    for hello in [None, Some("3")] {
+        let mut c = connect(tunnel.addr()).await;
+        if let Some(v) = hello {
+            assert!(
+                roundtrip(&mut c, &cmd(&["HELLO", v]))
+                    .await
+                    .starts_with('%')
+            );
+        }
+        let sub = roundtrip(&mut c, &cmd(&["SUBSCRIBE", "news"])).await;
+        assert!(
+            sub.ends_with("$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n"),
+            "{sub}"
+        );
+        assert_eq!(roundtrip(&mut c, &cmd(&["RESET"])).await, "+RESET\r\n");
+        assert_eq!(
+            roundtrip(&mut c, &cmd(&["PING"])).await,
+            "+PONG\r\n",
+            "RESP{hello:?}"
+        );
+        assert_eq!(
+            roundtrip(&mut c, &cmd(&["ACL", "WHOAMI"])).await,
+            "$7\r\ndefault\r\n"
+        );
+        // Such a session is clean again: it goes back to the pool when its client leaves.
+        let before = reused.get();
+        drop(c);
+        eventually("the session reused", || async {
+            reused.get() == before + 1
+        })
+        .await;
+    }
+    // MONITOR too ends at RESET.
+    let mut m = connect(tunnel.addr()).await;
+    assert_eq!(roundtrip(&mut m, &cmd(&["MONITOR"])).await, "+OK\r\n");
+    assert_eq!(roundtrip(&mut m, &cmd(&["RESET"])).await, "+RESET\r\n");
+    assert_eq!(roundtrip(&mut m, &cmd(&["PING"])).await, "+PONG\r\n");
+    let before = reused.get();
+    drop(m);
+    eventually("the session reused", || async {
+        reused.get() == before + 1
+    })
+    .await;
 }

@@ -1,38 +1,44 @@
 //! A client on the listener's shared upstream sessions, for as long as it sends only plain data
-//! commands (which ones: [`crate::resp::share`]). At its first other command (AUTH, SELECT, MULTI,
-//! SUBSCRIBE, a blocking command, anything unknown), or a request too long to hold whole, it
-//! gets every reply it is owed, then leaves this loop to continue on a session of its own,
-//! starting with that command: connection state is then exactly what it would be directly.
+//! commands (which ones: [`crate::proto::share`]). At its first other command (SELECT, MULTI,
+//! SUBSCRIBE, a blocking command, an AUTH the tunnel cannot judge, anything unknown) or a request
+//! too long to hold whole, it gets every reply it is owed, then leaves to continue on a session
+//! of its own, starting with that command, after what it did to its connection here (`HELLO 3`,
+//! `CLIENT SETNAME|SETINFO`) is replayed there: connection state is then exactly what it would be
+//! directly.
+//!
+//! Its two directions run independently, as on a connection of its own: the input side reads,
+//! splits and sends; the output side writes what the shared sessions (and the tunnel itself)
+//! answer, in order. A client that writes a whole pipeline before reading anything is read to
+//! the end: past the in-flight limits its requests wait in the tunnel, not its replies.
 //!
 //! While idle it holds no buffer and no upstream session: a read buffer is taken when the
-//! socket is readable, and a shared session only while replies are owed.
+//! socket is readable, and a shared session only while it is being used.
 
 use std::collections::VecDeque;
 use std::io;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::ready;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{ReadHalf as ClientRead, WriteHalf as ClientWrite};
+use tokio::sync::Notify;
 use tokio::sync::mpsc::UnboundedReceiver;
-use tokio_util::io::poll_read_buf;
+use tokio_util::sync::CancellationToken;
 
-use crate::proto::share::{self, Splitter};
-use crate::upstream::Pool;
+use super::own::Start;
+use crate::limits::{
+    READ_BUF, SHARED_HELD_REQUESTS, SHARED_IN_FLIGHT_BYTES, SHARED_IN_FLIGHT_REPLIES,
+    SHARED_QUEUE_SOFT,
+};
+use crate::listener::{Handle, Listener};
+use crate::lock;
+use crate::ops::metrics::ListenerMetrics;
+use crate::proto::RespVersion;
+use crate::proto::share::{Budget, Splitter, Stop};
+use crate::upstream::DialError;
 use crate::upstream::mux::{Batch, Cut, Delivery, Shared, Sink};
-
-/// Read size while the client is active.
-const READ_BUF: usize = 16 * 1024;
-
-/// Replies owed beyond which the client is not read until some are delivered.
-const MAX_OWED: u64 = 1024;
-
-/// Request bytes sent and not yet answered beyond which the client is not read either: a
-/// slow server must not make the tunnel queue what TCP would have held back.
-const MAX_IN_FLIGHT: usize = 1024 * 1024;
 
 /// Where the client goes from here.
 pub enum Next {
@@ -41,219 +47,450 @@ pub enum Next {
     /// The tunnel ended it (malformed input, QUIT, or it fell too far behind): close
     /// gracefully.
     Linger,
-    /// Its next request needs a session of its own; `input` is everything not yet sent.
-    Own {
-        input: BytesMut,
-        replied: bool,
-        /// It gave the tunnel's password (`client_auth = "require"`).
-        authed: bool,
-    },
-}
-
-/// Why the client is no longer read.
-enum Stop {
-    Eof,
-    Own(BytesMut),
-    Malformed(Bytes),
-}
-
-/// What a client has sent on shared sessions and is still owed replies for.
-#[derive(Default)]
-struct InFlight {
-    /// Per batch: replies still owed, and its size.
-    batches: VecDeque<(u32, usize)>,
-    replies: u64,
-    bytes: usize,
-}
-
-impl InFlight {
-    fn sent(&mut self, replies: u32, bytes: usize) {
-        self.batches.push_back((replies, bytes));
-        self.replies += u64::from(replies);
-        self.bytes += bytes;
-    }
-
-    /// `n` replies arrived, the oldest batches' first.
-    fn answered(&mut self, mut n: u64) {
-        self.replies = self.replies.saturating_sub(n);
-        while n > 0
-            && let Some((left, bytes)) = self.batches.front_mut()
-        {
-            let k = n.min(u64::from(*left));
-            *left -= k as u32;
-            n -= k;
-            if *left == 0 {
-                self.bytes -= *bytes;
-                self.batches.pop_front();
-            }
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.replies == 0
-    }
-
-    /// Enough is owed that the client is not read until some of it is answered.
-    fn full(&self) -> bool {
-        self.replies >= MAX_OWED || self.bytes >= MAX_IN_FLIGHT
-    }
+    /// No shared session could be had: tell it why and close.
+    Refuse(DialError),
+    /// Its next request needs a session of its own.
+    Own(Start),
 }
 
 /// Serves the client on shared sessions until it leaves or needs a session of its own.
-pub async fn serve(
-    client: &mut TcpStream,
-    pool: &Pool,
+pub async fn serve(client: &mut TcpStream, handle: &Handle, accepted: Instant) -> io::Result<Next> {
+    let l = handle.borrow().clone();
+    let slot = l.mux.assign();
+    // A shared session now, so that an upstream failure is explained at once, as it is to a
+    // client with a session of its own.
+    if let Err(e) = l.mux.get(slot, RespVersion::V2, &l.pool, &l.node).await {
+        return Ok(Next::Refuse(e));
+    }
+    let (sink, deliveries) = Sink::new();
+    let link = Link::default();
+    let (rd, wr) = client.split();
+    let input = Input::new(handle, slot, sink.clone(), &link);
+    let out = output(wr, &sink, deliveries, &link, accepted, l.metrics.clone());
+    let (input, out) = tokio::join!(input.run(rd), out);
+    match out {
+        Out::Cut(why) => {
+            tracing::warn!(listener = %l.config.name, "client disconnected: {}", why.why());
+            Ok(Next::Done)
+        }
+        Out::Gone => Ok(Next::Done),
+        Out::Ended { replied } => Ok(match input {
+            Ending::Eof => {
+                client.shutdown().await?;
+                Next::Done
+            }
+            Ending::Linger => Next::Linger,
+            Ending::Gone => Next::Done,
+            Ending::Own(s) => Next::Own(Start {
+                input: s.input,
+                first: Some(accepted).filter(|_| !replied),
+                authed: s.authed,
+                replay: s.replay,
+            }),
+        }),
+    }
+}
+
+/// What the two sides share besides the sink.
+#[derive(Default)]
+struct Link {
+    /// The tunnel's own replies, each placed after the shared reply it follows; the last one
+    /// may end the client's time here.
+    locals: Mutex<VecDeque<Local>>,
+    local_ready: Notify,
+    /// The output side stopped (the client went away or was cut off): stop reading it.
+    gone: CancellationToken,
+}
+
+struct Local {
+    /// Goes out once this many shared replies are out.
+    after: u64,
+    bytes: Bytes,
+    end: bool,
+}
+
+impl Link {
+    fn push(&self, local: Local) {
+        lock(&self.locals).push_back(local);
+        self.local_ready.notify_one();
+    }
+}
+
+/// How the input side finished.
+enum Ending {
+    Eof,
+    Linger,
+    Own(Handover),
+    /// The output side stopped first.
+    Gone,
+}
+
+struct Handover {
+    input: BytesMut,
+    authed: bool,
+    replay: Vec<Bytes>,
+}
+
+/// What the input side needs before it can go on.
+enum Need {
+    Input,
+    Room,
+}
+
+/// The input side: reads, splits, sends.
+struct Input<'a> {
+    handle: Handle,
+    listener: Arc<Listener>,
     slot: usize,
-    accepted: Instant,
-) -> io::Result<Next> {
-    let mux = pool.mux();
-    let l = pool.listener();
-    let mut splitter = Splitter::new(l.client_auth.clone(), l.auth.clone());
-    let (sink, mut rx) = Sink::new();
-    // The shared session in use, kept only while replies are owed on it.
-    let mut on: Option<Arc<Shared>> = None;
-    let mut owed = InFlight::default();
-    // Requests scanned but not sent yet, and a request the tunnel answers after them.
-    let mut waiting: Option<(Bytes, u32)> = None;
-    let mut local: Option<(&'static [u8], bool, usize)> = None;
-    let mut stop: Option<Stop> = None;
-    let mut buf = BytesMut::new();
-    let mut rescan = false;
-    let mut first = Some(accepted);
-    loop {
-        if owed.is_empty() {
-            on = None;
+    sink: Arc<Sink>,
+    link: &'a Link,
+    splitter: Splitter,
+    buf: BytesMut,
+    /// The session in use, and its protocol; replies may still be owed on it.
+    on: Option<(Arc<Shared>, RespVersion)>,
+    /// Replies asked for so far; the tunnel's own replies are placed among them by this count.
+    sent: u64,
+    /// Per batch still owed: the count of replies that completes it, and its size.
+    in_flight: VecDeque<(u64, usize)>,
+    in_flight_bytes: usize,
+    /// A reply of the tunnel's own was placed after the last batch sent.
+    local_since_send: bool,
+    eof: bool,
+}
+
+impl<'a> Input<'a> {
+    fn new(handle: &Handle, slot: usize, sink: Arc<Sink>, link: &'a Link) -> Input<'a> {
+        let listener = handle.borrow().clone();
+        let c = &listener.config;
+        let splitter = Splitter::new(c.client_auth.clone(), c.auth.clone());
+        Input {
+            handle: handle.clone(),
+            listener,
+            slot,
+            sink,
+            link,
+            splitter,
+            buf: BytesMut::new(),
+            on: None,
+            sent: 0,
+            in_flight: VecDeque::new(),
+            in_flight_bytes: 0,
+            local_since_send: false,
+            eof: false,
         }
-        // Requests that must wait for a retired session's replies go out once those are in.
-        if let Some((bytes, replies)) = waiting.take() {
-            if on.as_ref().is_some_and(|s| s.is_retired()) {
-                waiting = Some((bytes, replies));
-            } else {
-                let shared = match on.take() {
-                    Some(s) => s,
-                    None => match mux.get(slot, pool).await {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::debug!(listener = %l.name, "no shared session: {e}");
-                            let line = format!("-ERR ectunnel: {e}\r\n");
-                            client
-                                .write_all(line.repeat(replies as usize).as_bytes())
-                                .await?;
-                            first = None;
-                            continue;
-                        }
-                    },
-                };
-                owed.sent(replies, bytes.len());
-                pool.metrics().shared_requests.inc_by(u64::from(replies));
-                shared.send(Batch {
-                    bytes,
-                    replies,
-                    to: sink.clone(),
-                });
-                on = Some(shared);
+    }
+
+    async fn run(mut self, mut rd: ClientRead<'_>) -> Ending {
+        loop {
+            let need = match self.advance().await {
+                Ok(need) => need,
+                Err(ending) => return ending,
+            };
+            // Reading goes on while requests wait for room: a client that writes everything
+            // before it reads is never stopped from writing.
+            let sink = self.sink.clone();
+            let (sent, bytes) = (self.sent, self.in_flight_bytes);
+            let blocked = matches!(need, Need::Room);
+            let read = tokio::select! {
+                biased;
+                _ = self.link.gone.cancelled() => return Ending::Gone,
+                _ = sink.wait_until(|s| room(s, sent, bytes)), if blocked => None,
+                n = read_when_ready(&mut rd, &mut self.buf), if !self.eof => Some(n),
+            };
+            match read {
+                None | Some(Ok(1..)) => {}
+                Some(Ok(0)) => self.eof = true,
+                Some(Err(_)) => return self.finish(Ending::Gone),
+            }
+            if self.buf.len() >= SHARED_HELD_REQUESTS {
+                // As Redis closes a client past client-query-buffer-limit.
+                tracing::warn!(listener = %self.listener.config.name, "client closed: more than 1 GiB of requests waiting to be sent");
+                return self.finish(Ending::Gone);
             }
         }
-        if owed.is_empty() && waiting.is_none() {
-            if let Some((reply, quit, skip)) = local.take() {
-                client.write_all(reply).await?;
-                first = None;
-                if quit {
-                    return Ok(Next::Linger);
-                }
-                let _ = buf.split_to(skip);
-                rescan = true;
+    }
+
+    /// Sends what the limits allow; returns what it waits for, or how the client leaves.
+    async fn advance(&mut self) -> Result<Need, Ending> {
+        loop {
+            self.settle();
+            if !room(&self.sink, self.sent, self.in_flight_bytes) {
+                return Ok(Need::Room);
             }
-            if !rescan {
-                match stop.take() {
-                    None => {}
-                    Some(Stop::Eof) => {
-                        client.shutdown().await?;
-                        return Ok(Next::Done);
-                    }
-                    Some(Stop::Own(input)) => {
-                        return Ok(Next::Own {
-                            input,
-                            replied: first.is_none(),
-                            authed: splitter.authed(),
-                        });
-                    }
-                    Some(Stop::Malformed(line)) => {
-                        client.write_all(&line).await?;
-                        return Ok(Next::Linger);
-                    }
-                }
-            }
-        }
-        if rescan && waiting.is_none() && local.is_none() && stop.is_none() {
-            rescan = false;
-            let split = splitter.split(&buf);
-            let bytes = buf.split_to(split.len).freeze();
+            let owed = self.sent - self.sink.received();
+            let budget = Budget {
+                replies: SHARED_IN_FLIGHT_REPLIES.saturating_sub(owed),
+                bytes: SHARED_IN_FLIGHT_BYTES.saturating_sub(self.in_flight_bytes),
+            };
+            let split = self.splitter.split(&self.buf, budget);
+            let run = self.buf.split_to(split.len).freeze();
             if split.replies > 0 {
-                waiting = Some((bytes, split.replies));
+                let version = self.splitter.version();
+                self.send(run, split.replies, version, false).await;
             }
             match split.stop {
-                None => {}
-                Some(share::Stop::Own) => stop = Some(Stop::Own(std::mem::take(&mut buf))),
-                Some(share::Stop::Malformed(line)) => stop = Some(Stop::Malformed(line)),
-                Some(share::Stop::Local { reply, quit, len }) => local = Some((reply, quit, len)),
-            }
-            if buf.is_empty() {
-                // Idle clients hold no buffer; its memory goes once the batch is written.
-                buf = BytesMut::new();
-            }
-            continue;
-        }
-        let read = stop.is_none() && waiting.is_none() && local.is_none() && !owed.full();
-        tokio::select! {
-            biased;
-            d = rx.recv() => {
-                let Some(d) = d else { return Ok(Next::Done) };
-                let (replies, close) = write_deliveries(client, &sink, d, &mut rx).await?;
-                owed.answered(replies);
-                if let Some(t) = first.take() {
-                    pool.metrics().first_reply.observe(t.elapsed().as_secs_f64());
+                None if split.len > 0 => continue,
+                None if self.eof => return Err(self.finish(Ending::Eof)),
+                None => {
+                    if self.buf.is_empty() {
+                        // Idle clients hold no buffer; its memory goes once the batch is sent.
+                        self.buf = BytesMut::new();
+                    }
+                    return Ok(Need::Input);
                 }
-                if let Some(cut) = close {
-                    tracing::warn!(listener = %l.name, "client disconnected: {}", cut.why());
-                    return Ok(Next::Done);
+                Some(Stop::Local { reply, quit, len }) => {
+                    self.buf.advance(len);
+                    self.local(reply);
+                    if quit {
+                        return Err(self.finish(Ending::Linger));
+                    }
                 }
-            }
-            n = read_when_ready(client, &mut buf), if read => {
-                if n? == 0 {
-                    stop = Some(Stop::Eof);
-                } else {
-                    rescan = true;
+                Some(Stop::Switch { version, cmd, len }) => {
+                    self.buf.advance(len);
+                    self.send(cmd, 1, version, false).await;
+                }
+                // Nothing written here yet: its own session answers as a direct one would.
+                Some(Stop::Wait { .. }) if self.sent == 0 => return Err(self.own()),
+                Some(Stop::Wait { len }) => {
+                    let wait = self.buf.split_to(len).freeze();
+                    let version = self.splitter.version();
+                    self.send(wait, 1, version, true).await;
+                    return Err(self.own());
+                }
+                Some(Stop::Own) => return Err(self.own()),
+                Some(Stop::Malformed(line)) => {
+                    self.local(line);
+                    return Err(self.finish(Ending::Linger));
                 }
             }
         }
     }
+
+    /// Forgets batches whose replies have all arrived.
+    fn settle(&mut self) {
+        let received = self.sink.received();
+        while let Some(&(upto, len)) = self.in_flight.front()
+            && upto <= received
+        {
+            self.in_flight.pop_front();
+            self.in_flight_bytes -= len;
+        }
+    }
+
+    /// Sends a batch on the client's session for `version`: the one in use while it is usable,
+    /// else, once every reply owed on it is in (so replies keep their order), the slot's current
+    /// one. With `last`, nothing may follow it on that session. An upstream failure answers each
+    /// of its requests with `-ERR ectunnel: …`, in order.
+    async fn send(&mut self, mut bytes: Bytes, replies: u32, version: RespVersion, last: bool) {
+        let len = bytes.len();
+        loop {
+            let current = self.handle.borrow().clone();
+            if !Arc::ptr_eq(&current, &self.listener) {
+                self.on = None; // a reload: sessions of the new configuration from now on
+                self.listener = current;
+            }
+            let keep = self
+                .on
+                .as_ref()
+                .is_some_and(|(s, v)| *v == version && s.usable());
+            if !keep {
+                let sent = self.sent;
+                self.sink.wait_until(|s| s.received() >= sent).await;
+                let l = &self.listener;
+                match l.mux.get(self.slot, version, &l.pool, &l.node).await {
+                    Ok(s) => self.on = Some((s, version)),
+                    Err(e) => {
+                        tracing::debug!(listener = %l.config.name, "no shared session: {e}");
+                        self.sink.refuse(replies, &e.to_string());
+                        self.sent += u64::from(replies);
+                        return;
+                    }
+                }
+            }
+            let Some((session, _)) = &self.on else {
+                continue;
+            };
+            let to = self.sink.clone();
+            let apart = self.local_since_send;
+            match session.send(
+                Batch {
+                    bytes,
+                    replies,
+                    to,
+                    apart,
+                },
+                last,
+            ) {
+                Ok(()) => break,
+                // Retired meanwhile: the next one.
+                Err(b) => {
+                    bytes = b.bytes;
+                    self.on = None;
+                }
+            }
+        }
+        self.sent += u64::from(replies);
+        self.local_since_send = false;
+        self.in_flight.push_back((self.sent, len));
+        self.in_flight_bytes += len;
+        self.listener
+            .metrics
+            .shared_requests
+            .inc_by(u64::from(replies));
+    }
+
+    fn local(&mut self, bytes: Bytes) {
+        self.local_since_send = true;
+        self.link.push(Local {
+            after: self.sent,
+            bytes,
+            end: false,
+        });
+    }
+
+    /// The client leaves this side after everything it was sent so far is answered.
+    fn finish(&self, ending: Ending) -> Ending {
+        self.link.push(Local {
+            after: self.sent,
+            bytes: Bytes::new(),
+            end: true,
+        });
+        ending
+    }
+
+    fn own(&mut self) -> Ending {
+        let handover = Handover {
+            input: std::mem::take(&mut self.buf),
+            authed: self.splitter.authed(),
+            replay: self.splitter.replay().to_vec(),
+        };
+        self.finish(Ending::Own(handover))
+    }
+}
+
+/// Whether more of a client's requests may go out: few enough owed, and few enough of its
+/// replies waiting to be written to it.
+fn room(sink: &Sink, sent: u64, in_flight_bytes: usize) -> bool {
+    sent - sink.received() < SHARED_IN_FLIGHT_REPLIES
+        && in_flight_bytes < SHARED_IN_FLIGHT_BYTES
+        && sink.queued() < SHARED_QUEUE_SOFT
 }
 
 /// Reads once the socket is readable, taking a buffer only then, so an idle client holds none.
 /// (A short read also tells tokio the socket is drained, saving a read that would block.)
-async fn read_when_ready(client: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
-    std::future::poll_fn(|cx| {
-        ready!(client.poll_read_ready(cx))?;
-        if buf.capacity() - buf.len() < READ_BUF / 4 {
-            buf.reserve(READ_BUF);
-        }
-        poll_read_buf(Pin::new(&mut *client), cx, buf)
-    })
-    .await
+async fn read_when_ready(rd: &mut ClientRead<'_>, buf: &mut BytesMut) -> io::Result<usize> {
+    rd.readable().await?;
+    if buf.capacity() - buf.len() < READ_BUF / 4 {
+        buf.reserve(READ_BUF);
+    }
+    rd.read_buf(buf).await
 }
 
-/// Writes a delivery and whatever else has arrived, in one write where there are several.
-/// Returns the replies they completed and, when the client must now be closed, why.
+/// How the output side finished.
+enum Out {
+    /// It wrote everything up to the input side's end.
+    Ended {
+        replied: bool,
+    },
+    Cut(Cut),
+    /// The client stopped taking what it was sent (its socket failed).
+    Gone,
+}
+
+/// The output side: writes shared replies as they arrive and the tunnel's own replies in their
+/// place, until the input side's end has gone out.
+async fn output(
+    mut wr: ClientWrite<'_>,
+    sink: &Sink,
+    mut deliveries: UnboundedReceiver<Delivery>,
+    link: &Link,
+    accepted: Instant,
+    m: ListenerMetrics,
+) -> Out {
+    let mut written = 0u64;
+    let mut first = Some(accepted);
+    let out = loop {
+        let (due, end) = due_locals(link, written);
+        if !due.is_empty() {
+            if let Err(out) = write_or_cut(&mut wr, sink, &due).await {
+                break out;
+            }
+            observe_first(&mut first, &m);
+        }
+        if end {
+            break Out::Ended {
+                replied: first.is_none(),
+            };
+        }
+        tokio::select! {
+            biased;
+            d = deliveries.recv() => {
+                let Some(d) = d else { break Out::Gone };
+                let upto = next_local(link).map(|after| after.saturating_sub(written));
+                match write_deliveries(&mut wr, sink, d, &mut deliveries, upto).await {
+                    Ok(replies) => written += replies,
+                    Err(out) => break out,
+                }
+                observe_first(&mut first, &m);
+            }
+            _ = link.local_ready.notified() => {}
+        }
+    };
+    link.gone.cancel();
+    out
+}
+
+fn observe_first(first: &mut Option<Instant>, m: &ListenerMetrics) {
+    if let Some(t) = first.take() {
+        m.first_reply.observe(t.elapsed().as_secs_f64());
+    }
+}
+
+/// Where the next reply of the tunnel's own goes, if one is waiting.
+fn next_local(link: &Link) -> Option<u64> {
+    lock(&link.locals).front().map(|l| l.after)
+}
+
+/// The tunnel's own replies whose turn has come, joined, and whether the end is among them.
+fn due_locals(link: &Link, written: u64) -> (BytesMut, bool) {
+    let mut locals = lock(&link.locals);
+    let mut out = BytesMut::new();
+    while let Some(l) = locals.front()
+        && l.after <= written
+    {
+        let l = locals.pop_front().expect("front checked above");
+        out.extend_from_slice(&l.bytes);
+        if l.end {
+            return (out, true);
+        }
+    }
+    (out, false)
+}
+
+/// Writes `out`, unless the client is cut off first (a client that does not read blocks this
+/// write; being cut off must still end it).
+async fn write_or_cut(wr: &mut ClientWrite<'_>, sink: &Sink, out: &[u8]) -> Result<(), Out> {
+    tokio::select! {
+        r = wr.write_all(out) => r.map_err(|_| Out::Gone),
+        cut = sink.cut_off() => Err(Out::Cut(cut)),
+    }
+}
+
+/// Writes a delivery and whatever else has arrived, in one write where there are several, but
+/// no further than `upto` replies (where a reply of the tunnel's own goes). Returns the replies
+/// they completed, or how the client ends.
 async fn write_deliveries(
-    client: &mut TcpStream,
+    wr: &mut ClientWrite<'_>,
     sink: &Sink,
     d: Delivery,
     rx: &mut UnboundedReceiver<Delivery>,
-) -> io::Result<(u64, Option<Cut>)> {
+    upto: Option<u64>,
+) -> Result<u64, Out> {
     let (mut replies, mut close) = (u64::from(d.replies), d.close);
     let mut out = d.bytes;
+    let more = |replies: u64| upto.is_none_or(|u| replies < u);
     if close.is_none()
+        && more(replies)
         && let Ok(next) = rx.try_recv()
     {
         let mut joined = BytesMut::from(&out[..]);
@@ -262,17 +499,16 @@ async fn write_deliveries(
             joined.extend_from_slice(&d.bytes);
             replies += u64::from(d.replies);
             close = d.close;
-            if close.is_none() && joined.len() < READ_BUF * 4 {
+            if close.is_none() && joined.len() < READ_BUF * 4 && more(replies) {
                 next = rx.try_recv().ok();
             }
         }
         out = joined.freeze();
     }
-    // A client that does not read blocks this write; being cut off must still end it.
-    tokio::select! {
-        r = client.write_all(&out) => r?,
-        cut = sink.cut_off() => return Ok((replies, Some(cut))),
-    }
+    write_or_cut(wr, sink, &out).await?;
     sink.taken(out.len());
-    Ok((replies, close))
+    match close {
+        Some(cut) => Err(Out::Cut(cut)),
+        None => Ok(replies),
+    }
 }

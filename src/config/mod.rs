@@ -1,4 +1,4 @@
-//! The config file: raw serde structs ([`raw`], unknown keys rejected) → checks ([`validate`])
+//! The config file: raw serde structs (`raw`, unknown keys rejected) → checks (`validate`)
 //! → the typed [`Config`] defined here.
 //!
 //! Every error names where it came from (`file:line`, or `command line`) and the key at fault,
@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::ClientConfig;
+
 use rustls_pki_types::ServerName;
 
 pub use secret::Secret;
@@ -24,6 +25,8 @@ use validate::{Source, unspanned, validate};
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Idle time before TCP keepalive probes: a vanished peer is given up after about a minute.
+pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(30);
 
 /// The validated configuration the server runs with.
 #[derive(Debug, Clone)]
@@ -45,7 +48,7 @@ pub struct ListenerConfig {
     pub listen: SocketAddr,
     /// Candidate endpoints, tried in order.
     pub upstreams: Vec<Upstream>,
-    /// Which node may serve: `role` checks each new session with `ROLE`.
+    /// Which node may serve: checked on each new session (HELLO's role, or ROLE).
     pub role: Role,
     pub pool: PoolConfig,
     pub tls: Arc<ClientConfig>,
@@ -53,6 +56,8 @@ pub struct ListenerConfig {
     /// `None`: inject nothing, the client authenticates itself.
     pub auth: Option<Credentials>,
     pub connect_timeout: Duration,
+    /// `tcp_keepalive` on client and upstream sockets; `None` turns it off.
+    pub keepalive: Option<Duration>,
     pub protocol: Protocol,
     /// What the tunnel does with the client's own AUTH.
     pub client_auth: ClientAuth,
@@ -83,17 +88,6 @@ pub enum Role {
     Replica,
 }
 
-impl Role {
-    /// Whether the first word of a `ROLE` reply (`master` / `slave`) is acceptable.
-    pub fn matches(self, reported: &str) -> bool {
-        match self {
-            Role::Any => true,
-            Role::Primary => reported == "master",
-            Role::Replica => reported == "slave",
-        }
-    }
-}
-
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -103,11 +97,6 @@ impl fmt::Display for Role {
         })
     }
 }
-
-const MAX_THREADS: usize = 256;
-
-/// More shared sessions than this buys nothing: Redis runs commands on one thread.
-const MAX_MULTIPLEX: usize = 16;
 
 /// `[pool]` / `[listener.pool]`: authenticated upstream sessions kept ready.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +114,9 @@ pub struct PoolConfig {
     /// …); a client that sends anything else gets a session of its own from then on. 0 gives
     /// every client its own session from the start.
     pub multiplex: usize,
+    /// A shared session that owes a reply and receives nothing for this long is declared dead
+    /// (a node that vanished without a reset would otherwise hold its clients forever).
+    pub shared_reply_timeout: Duration,
 }
 
 impl Default for PoolConfig {
@@ -136,6 +128,7 @@ impl Default for PoolConfig {
             max_lifetime: Duration::from_secs(3600),
             health_interval: Duration::from_secs(15),
             multiplex: 2,
+            shared_reply_timeout: Duration::from_secs(30),
         }
     }
 }

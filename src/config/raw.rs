@@ -14,6 +14,7 @@ pub(super) struct RawConfig {
     pub(super) connect_timeout: Option<Spanned<HumanDuration<Duration>>>,
     pub(super) shutdown_grace: Option<Spanned<HumanDuration<Duration>>>,
     pub(super) threads: Option<Spanned<usize>>,
+    pub(super) tcp_keepalive: Option<Spanned<HumanDuration<Duration>>>,
     pub(super) tls: Option<RawTls>,
     pub(super) auth: Option<Spanned<RawAuth>>,
     pub(super) client_auth: Option<Spanned<RawClientAuth>>,
@@ -38,6 +39,7 @@ pub(super) struct RawPool {
     pub(super) max_lifetime: Option<Spanned<HumanDuration<Duration>>>,
     pub(super) health_interval: Option<Spanned<HumanDuration<Duration>>>,
     pub(super) multiplex: Option<Spanned<usize>>,
+    pub(super) shared_reply_timeout: Option<Spanned<HumanDuration<Duration>>>,
 }
 
 /// `upstream = "host:port"` or `upstream = ["host:port", …]`.

@@ -13,9 +13,10 @@ use toml::Spanned;
 use super::raw::*;
 use super::{
     ClientAuth, Config, ConfigError, Credentials, DEFAULT_CONNECT_TIMEOUT, DEFAULT_SHUTDOWN_GRACE,
-    ListenerConfig, MAX_MULTIPLEX, MAX_THREADS, PoolConfig, Protocol, Role, Secret, Upstream,
+    DEFAULT_TCP_KEEPALIVE, ListenerConfig, PoolConfig, Protocol, Role, Secret, Upstream,
     UpstreamAddr,
 };
+use crate::limits::{MAX_MULTIPLEX, MAX_THREADS};
 use crate::tls::{self, MinVersion, TlsOptions};
 
 /// Where the raw config came from, to turn byte spans into `file:line`.
@@ -121,13 +122,8 @@ fn merge<'a, T>(
 }
 
 pub(super) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
-    let connect_timeout = match &raw.connect_timeout {
-        Some(d) if d.get_ref().is_zero() => {
-            return Err(src.invalid(&d.span(), "connect_timeout", "must be more than 0s"));
-        }
-        Some(d) => **d.get_ref(),
-        None => DEFAULT_CONNECT_TIMEOUT,
-    };
+    let connect_timeout = nonzero(raw.connect_timeout.as_ref(), "connect_timeout", src)?
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
     let shutdown_grace = raw
         .shutdown_grace
         .as_ref()
@@ -143,6 +139,12 @@ pub(super) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
         Some(t) => *t.get_ref(),
         None => 1,
     };
+    // "0s" turns keepalive off.
+    let keepalive = match &raw.tcp_keepalive {
+        Some(d) if d.get_ref().is_zero() => None,
+        Some(d) => Some(**d.get_ref()),
+        None => Some(DEFAULT_TCP_KEEPALIVE),
+    };
     if raw.listener.is_empty() {
         return Err(ConfigError::Invalid {
             origin: src.name.clone(),
@@ -150,190 +152,28 @@ pub(super) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             message: "no [[listener]] defined; add one with listen and upstream".into(),
         });
     }
-    let default_auth = match &raw.auth {
-        Some(auth) => Some(credentials(auth, "auth", src)?),
-        None => None,
+    let defaults = Defaults {
+        connect_timeout,
+        keepalive,
+        auth: match &raw.auth {
+            Some(auth) => Some(credentials(auth, "auth", src)?),
+            None => None,
+        },
+        tls: raw.tls.clone().unwrap_or_default(),
+        client_auth: match &raw.client_auth {
+            Some(c) => client_auth(c, "client_auth", src)?,
+            None => ClientAuth::Passthrough,
+        },
+        pool: raw.pool.as_ref(),
     };
-    let default_tls = raw.tls.clone().unwrap_or_default();
-    let default_client_auth = match &raw.client_auth {
-        Some(c) => client_auth(c, "client_auth", src)?,
-        None => ClientAuth::Passthrough,
-    };
-
     let mut listeners: Vec<ListenerConfig> = Vec::with_capacity(raw.listener.len());
     for spanned in &raw.listener {
-        let l = spanned.get_ref();
-        let listen: SocketAddr = l.listen.get_ref().trim().parse().map_err(|_| {
-            src.invalid(
-                &l.listen.span(),
-                "listener.listen",
-                format!(
-                    "`{}` is not an IP:port address, e.g. 127.0.0.1:6379",
-                    l.listen.get_ref()
-                ),
-            )
-        })?;
-        let written = match l.upstream.get_ref() {
-            RawUpstreams::One(one) => vec![one.clone()],
-            RawUpstreams::Many(many) => many.clone(),
-        };
-        if written.is_empty() {
-            return Err(src.invalid(&l.upstream.span(), "listener.upstream", "the list is empty"));
-        }
-        let addrs = written
-            .iter()
-            .map(|u| u.trim().parse::<UpstreamAddr>())
-            .collect::<Result<Vec<_>, String>>()
-            .map_err(|m| src.invalid(&l.upstream.span(), "listener.upstream", m))?;
-        let name = match &l.name {
-            Some(n) if n.get_ref().trim().is_empty() => {
-                return Err(src.invalid(&n.span(), "listener.name", "must not be empty"));
-            }
-            Some(n) => n.get_ref().clone(),
-            None => listen.to_string(),
-        };
-        if let Some(other) = listeners.iter().find(|o| o.name == name) {
-            return Err(src.invalid(
-                &spanned.span(),
-                "listener.name",
-                format!(
-                    "two listeners are named `{}`; names must be unique",
-                    other.name
-                ),
-            ));
-        }
-        if listen.port() != 0 && listeners.iter().any(|o| o.listen == listen) {
-            return Err(src.invalid(
-                &l.listen.span(),
-                "listener.listen",
-                format!("{listen} is used by two listeners"),
-            ));
-        }
-
-        let own = l.tls.clone().unwrap_or_default();
-        let (options, server_name, insecure) = tls_settings(&own, &default_tls, src)?;
-        let upstreams = addrs
-            .into_iter()
-            .map(|addr| {
-                let name = match &server_name {
-                    Some(n) => n.clone(),
-                    None => server_name_for(&addr.host).ok_or_else(|| {
-                        src.invalid(
-                            &l.upstream.span(),
-                            "listener.upstream",
-                            format!(
-                                "`{}` cannot be verified as a TLS name; set tls.server_name",
-                                addr.host
-                            ),
-                        )
-                    })?,
-                };
-                Ok(Upstream {
-                    addr,
-                    server_name: name,
-                })
-            })
-            .collect::<Result<Vec<_>, ConfigError>>()?;
-        let role = match &l.role {
-            None => Role::Any,
-            Some(r) => match r.get_ref().as_str() {
-                "any" => Role::Any,
-                "primary" => Role::Primary,
-                "replica" => Role::Replica,
-                other => {
-                    return Err(src.invalid(
-                        &r.span(),
-                        "listener.role",
-                        format!("`{other}` is not a role; use \"any\", \"primary\" or \"replica\""),
-                    ));
-                }
-            },
-        };
-        let pool = pool_settings(l.pool.as_ref(), raw.pool.as_ref(), src)?;
-        let tls = tls::client_config(&options).map_err(|e| {
-            let field = e.field();
-            let pick = |t: &RawTls| match field {
-                "ca_file" => t.ca_file.as_ref().map(Spanned::span),
-                "client_cert" => t.client_cert.as_ref().map(Spanned::span),
-                _ => t.client_key.as_ref().map(Spanned::span),
-            };
-            let (span, table) = match (pick(&own), pick(&default_tls)) {
-                (Some(span), _) => (span, "listener.tls"),
-                (None, Some(span)) => (span, "tls"),
-                (None, None) => (spanned.span(), "listener.tls"),
-            };
-            src.invalid(&span, &format!("{table}.{field}"), e.to_string())
-        })?;
-
-        let auth = match &l.auth {
-            Some(own) => Some(credentials(own, "listener.auth", src)?),
-            None => default_auth.clone(),
-        };
-        let protocol = match &l.protocol {
-            None => Protocol::Resp,
-            Some(p) => match p.get_ref().as_str() {
-                "resp" => Protocol::Resp,
-                "raw" => Protocol::Raw,
-                other => {
-                    return Err(src.invalid(
-                        &p.span(),
-                        "listener.protocol",
-                        format!("`{other}` is not a protocol; use \"resp\" or \"raw\""),
-                    ));
-                }
-            },
-        };
-        let client_auth = match &l.client_auth {
-            Some(c) => client_auth(c, "listener.client_auth", src)?,
-            None => default_client_auth.clone(),
-        };
-        if protocol == Protocol::Raw && !matches!(client_auth, ClientAuth::Passthrough) {
-            return Err(src.invalid(
-                &l.protocol.as_ref().map_or(spanned.span(), Spanned::span),
-                "listener.protocol",
-                "protocol = \"raw\" cannot see the client's AUTH; client_auth needs protocol = \"resp\"",
-            ));
-        }
-        if !listen.ip().is_loopback()
-            && !matches!(client_auth, ClientAuth::Require(_))
-            && l.allow_unauthenticated != Some(true)
-        {
-            return Err(src.invalid(
-                &l.listen.span(),
-                "listener.listen",
-                format!(
-                    "{listen} is not a loopback address: anyone who reaches it would get the upstream{}; \
-                     set [listener.client_auth] mode = \"require\", or allow_unauthenticated = true",
-                    if auth.is_some() { " with the injected credentials" } else { "" }
-                ),
-            ));
-        }
-        listeners.push(ListenerConfig {
-            name,
-            listen,
-            upstreams,
-            role,
-            pool,
-            tls,
-            insecure_skip_verify: insecure,
-            auth,
-            connect_timeout,
-            protocol,
-            client_auth,
-        });
+        let l = listener(spanned, &defaults, &listeners, src)?;
+        listeners.push(l);
     }
     let admin = match raw.admin.as_ref().and_then(|a| a.listen.as_ref()) {
         None => None,
-        Some(a) => Some(a.get_ref().trim().parse::<SocketAddr>().map_err(|_| {
-            src.invalid(
-                &a.span(),
-                "admin.listen",
-                format!(
-                    "`{}` is not an IP:port address, e.g. 127.0.0.1:9121",
-                    a.get_ref()
-                ),
-            )
-        })?),
+        Some(a) => Some(socket_addr(a, "admin.listen", "127.0.0.1:9121", src)?),
     };
     Ok(Config {
         connect_timeout,
@@ -342,6 +182,241 @@ pub(super) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
         listeners,
         admin,
     })
+}
+
+/// What the top level gives every listener that does not set its own.
+struct Defaults<'a> {
+    connect_timeout: Duration,
+    keepalive: Option<Duration>,
+    auth: Option<Credentials>,
+    tls: RawTls,
+    client_auth: ClientAuth,
+    pool: Option<&'a RawPool>,
+}
+
+/// One `[[listener]]`, with the defaults merged in; `before` are the listeners above it.
+fn listener(
+    spanned: &Spanned<RawListener>,
+    defaults: &Defaults<'_>,
+    before: &[ListenerConfig],
+    src: &Source<'_>,
+) -> Result<ListenerConfig, ConfigError> {
+    let l = spanned.get_ref();
+    let listen = socket_addr(&l.listen, "listener.listen", "127.0.0.1:6379", src)?;
+    let name = match &l.name {
+        Some(n) if n.get_ref().trim().is_empty() => {
+            return Err(src.invalid(&n.span(), "listener.name", "must not be empty"));
+        }
+        Some(n) => n.get_ref().clone(),
+        None => listen.to_string(),
+    };
+    if let Some(other) = before.iter().find(|o| o.name == name) {
+        let message = format!(
+            "two listeners are named `{}`; names must be unique",
+            other.name
+        );
+        return Err(src.invalid(&spanned.span(), "listener.name", message));
+    }
+    if listen.port() != 0 && before.iter().any(|o| o.listen == listen) {
+        let message = format!("{listen} is used by two listeners");
+        return Err(src.invalid(&l.listen.span(), "listener.listen", message));
+    }
+    let own_tls = l.tls.clone().unwrap_or_default();
+    let (options, server_name, insecure) = tls_settings(&own_tls, &defaults.tls, src)?;
+    let upstreams = upstreams(&l.upstream, server_name.as_ref(), src)?;
+    let role = one_of(
+        l.role.as_ref(),
+        "listener.role",
+        "a role",
+        &[
+            ("any", Role::Any),
+            ("primary", Role::Primary),
+            ("replica", Role::Replica),
+        ],
+        src,
+    )?;
+    let protocol = one_of(
+        l.protocol.as_ref(),
+        "listener.protocol",
+        "a protocol",
+        &[("resp", Protocol::Resp), ("raw", Protocol::Raw)],
+        src,
+    )?;
+    let pool = pool_settings(l.pool.as_ref(), defaults.pool, src)?;
+    let tls = tls_config(&options, &own_tls, &defaults.tls, spanned, src)?;
+    let auth = match &l.auth {
+        Some(own) => Some(credentials(own, "listener.auth", src)?),
+        None => defaults.auth.clone(),
+    };
+    let client_auth = match &l.client_auth {
+        Some(c) => client_auth(c, "listener.client_auth", src)?,
+        None => defaults.client_auth.clone(),
+    };
+    if protocol == Protocol::Raw && !matches!(client_auth, ClientAuth::Passthrough) {
+        return Err(src.invalid(
+            &l.protocol.as_ref().map_or(spanned.span(), Spanned::span),
+            "listener.protocol",
+            "protocol = \"raw\" cannot see the client's AUTH; client_auth needs protocol = \"resp\"",
+        ));
+    }
+    check_exposure(l, listen, &client_auth, auth.is_some(), src)?;
+    Ok(ListenerConfig {
+        name,
+        listen,
+        upstreams,
+        role,
+        pool,
+        tls,
+        insecure_skip_verify: insecure,
+        auth,
+        connect_timeout: defaults.connect_timeout,
+        keepalive: defaults.keepalive,
+        protocol,
+        client_auth,
+    })
+}
+
+/// A duration that must not be zero, when given.
+fn nonzero(
+    d: Option<&Spanned<HumanDuration<Duration>>>,
+    key: &str,
+    src: &Source<'_>,
+) -> Result<Option<Duration>, ConfigError> {
+    match d {
+        Some(d) if d.get_ref().is_zero() => {
+            Err(src.invalid(&d.span(), key, "must be more than 0s"))
+        }
+        Some(d) => Ok(Some(**d.get_ref())),
+        None => Ok(None),
+    }
+}
+
+fn socket_addr(
+    v: &Spanned<String>,
+    key: &str,
+    example: &str,
+    src: &Source<'_>,
+) -> Result<SocketAddr, ConfigError> {
+    v.get_ref().trim().parse().map_err(|_| {
+        let message = format!(
+            "`{}` is not an IP:port address, e.g. {example}",
+            v.get_ref()
+        );
+        src.invalid(&v.span(), key, message)
+    })
+}
+
+/// A setting that takes one of a few words; absent means the first.
+fn one_of<T: Copy>(
+    v: Option<&Spanned<String>>,
+    key: &str,
+    what: &str,
+    choices: &[(&str, T)],
+    src: &Source<'_>,
+) -> Result<T, ConfigError> {
+    let Some(v) = v else {
+        return Ok(choices[0].1);
+    };
+    if let Some((_, t)) = choices.iter().find(|(word, _)| *word == v.get_ref()) {
+        return Ok(*t);
+    }
+    let words: Vec<String> = choices.iter().map(|(w, _)| format!("\"{w}\"")).collect();
+    let (last, rest) = words.split_last().expect("at least one choice");
+    let list = if rest.is_empty() {
+        last.clone()
+    } else {
+        format!("{} or {last}", rest.join(", "))
+    };
+    let message = format!("`{}` is not {what}; use {list}", v.get_ref());
+    Err(src.invalid(&v.span(), key, message))
+}
+
+/// `upstream`: one `host:port` or a list, each with the name its certificate must carry.
+fn upstreams(
+    written: &Spanned<RawUpstreams>,
+    server_name: Option<&ServerName<'static>>,
+    src: &Source<'_>,
+) -> Result<Vec<Upstream>, ConfigError> {
+    let span = written.span();
+    let list = match written.get_ref() {
+        RawUpstreams::One(one) => vec![one.clone()],
+        RawUpstreams::Many(many) => many.clone(),
+    };
+    if list.is_empty() {
+        return Err(src.invalid(&span, "listener.upstream", "the list is empty"));
+    }
+    list.iter()
+        .map(|u| {
+            let addr = u
+                .trim()
+                .parse::<UpstreamAddr>()
+                .map_err(|m| src.invalid(&span, "listener.upstream", m))?;
+            let name = match server_name {
+                Some(n) => n.clone(),
+                None => server_name_for(&addr.host).ok_or_else(|| {
+                    let message = format!(
+                        "`{}` cannot be verified as a TLS name; set tls.server_name",
+                        addr.host
+                    );
+                    src.invalid(&span, "listener.upstream", message)
+                })?,
+            };
+            Ok(Upstream {
+                addr,
+                server_name: name,
+            })
+        })
+        .collect()
+}
+
+/// Builds the listener's rustls configuration; an unreadable file names the key that gave it.
+fn tls_config(
+    options: &TlsOptions,
+    own: &RawTls,
+    default: &RawTls,
+    listener: &Spanned<RawListener>,
+    src: &Source<'_>,
+) -> Result<std::sync::Arc<rustls::ClientConfig>, ConfigError> {
+    tls::client_config(options).map_err(|e| {
+        let field = e.field();
+        let pick = |t: &RawTls| match field {
+            "ca_file" => t.ca_file.as_ref().map(Spanned::span),
+            "client_cert" => t.client_cert.as_ref().map(Spanned::span),
+            _ => t.client_key.as_ref().map(Spanned::span),
+        };
+        let (span, table) = match (pick(own), pick(default)) {
+            (Some(span), _) => (span, "listener.tls"),
+            (None, Some(span)) => (span, "tls"),
+            (None, None) => (listener.span(), "listener.tls"),
+        };
+        src.invalid(&span, &format!("{table}.{field}"), e.to_string())
+    })
+}
+
+/// A listener reachable from other machines must demand a password, or say it means to be open.
+fn check_exposure(
+    l: &RawListener,
+    listen: SocketAddr,
+    client_auth: &ClientAuth,
+    injects: bool,
+    src: &Source<'_>,
+) -> Result<(), ConfigError> {
+    if listen.ip().is_loopback()
+        || matches!(client_auth, ClientAuth::Require(_))
+        || l.allow_unauthenticated == Some(true)
+    {
+        return Ok(());
+    }
+    let message = format!(
+        "{listen} is not a loopback address: anyone who reaches it would get the upstream{}; \
+         set [listener.client_auth] mode = \"require\", or allow_unauthenticated = true",
+        if injects {
+            " with the injected credentials"
+        } else {
+            ""
+        }
+    );
+    Err(src.invalid(&l.listen.span(), "listener.listen", message))
 }
 
 /// Merges a listener's `[listener.tls]` over the top-level `[tls]`, key by key, so a listener
@@ -463,15 +538,7 @@ fn pool_settings(
     }
     let dur = |a: &Option<Spanned<HumanDuration<Duration>>>,
                b: &Option<Spanned<HumanDuration<Duration>>>,
-               key: &str| {
-        match a.as_ref().or(b.as_ref()) {
-            Some(d) if d.get_ref().is_zero() => {
-                Err(src.invalid(&d.span(), key, "must be more than 0s"))
-            }
-            Some(d) => Ok(Some(**d.get_ref())),
-            None => Ok(None),
-        }
-    };
+               key: &str| nonzero(a.as_ref().or(b.as_ref()), key, src);
     if let Some(d) = dur(
         &own.max_lifetime,
         &default.max_lifetime,
@@ -485,6 +552,13 @@ fn pool_settings(
         "pool.health_interval",
     )? {
         p.health_interval = d;
+    }
+    if let Some(d) = dur(
+        &own.shared_reply_timeout,
+        &default.shared_reply_timeout,
+        "pool.shared_reply_timeout",
+    )? {
+        p.shared_reply_timeout = d;
     }
     Ok(p)
 }

@@ -13,19 +13,19 @@ use hyper::body::Bytes;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::listener::Listener;
 use crate::ops::metrics::Metrics;
-use crate::upstream::Pool;
 
-/// What the handlers read: the metrics and the listeners' current pools (replaced on reload).
+/// What the handlers read: the metrics and the current listeners (replaced on reload).
 #[derive(Clone)]
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
-    pub pools: Arc<Mutex<Vec<Pool>>>,
+    pub listeners: Arc<Mutex<Vec<Arc<Listener>>>>,
 }
 
 impl AdminState {
-    fn pools(&self) -> Vec<Pool> {
-        crate::lock(&self.pools).clone()
+    fn listeners(&self) -> Vec<Arc<Listener>> {
+        crate::lock(&self.listeners).clone()
     }
 }
 
@@ -46,8 +46,8 @@ pub async fn serve(
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
-    for p in state.pools() {
-        p.refresh_gauges();
+    for l in state.listeners() {
+        l.pool.refresh_gauges();
     }
     (
         [(
@@ -62,12 +62,13 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
 /// with one line per listener that is not ready.
 async fn readyz(State(state): State<AdminState>) -> (StatusCode, String) {
     let not_ready: Vec<String> = state
-        .pools()
+        .listeners()
         .iter()
-        .filter_map(|p| {
-            p.readiness()
+        .filter_map(|l| {
+            l.pool
+                .readiness()
                 .err()
-                .map(|why| format!("{}: {why}\n", p.listener().name))
+                .map(|why| format!("{}: {why}\n", l.config.name))
         })
         .collect();
     if not_ready.is_empty() {

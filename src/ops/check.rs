@@ -7,7 +7,8 @@ use redis_protocol::resp2::types::OwnedFrame;
 
 use crate::config::{Config, ListenerConfig};
 use crate::upstream::conn;
-use crate::upstream::{self, DialError, Dialed};
+use crate::upstream::conn::Conn;
+use crate::upstream::{self, DialError, Resolver};
 
 /// Prints what the config defines; with `connect`, dials every upstream (TCP, TLS, AUTH, PING)
 /// and prints one line per listener. Returns whether every listener passed.
@@ -73,14 +74,13 @@ fn probe(
 ) -> impl std::future::Future<Output = Result<String, DialError>> + Send + 'static {
     let l = l.clone();
     async move {
-        let Dialed {
+        let Conn {
             mut stream,
-            peer,
-            candidate,
+            at,
             mut leftover,
-            role,
             ..
-        } = upstream::dial(&l).await?;
+        } = upstream::dial(&l, &Resolver::system()).await?;
+        let (peer, candidate, role) = (at.peer, at.candidate, at.role);
         let conn = &stream.get_ref().1;
         let mut line = format!("upstream={} addr={peer}", l.upstreams[candidate].addr);
         if let Some(v) = conn.protocol_version() {

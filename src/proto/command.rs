@@ -212,6 +212,12 @@ const SHAREABLE: &[&str] = &[
     "ZUNIONSTORE",
 ];
 
+/// `WAIT` and `WAITAOF`: they block their connection until the server's replicas (or its AOF)
+/// have what that connection wrote.
+pub fn is_wait(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"WAIT") || name.eq_ignore_ascii_case(b"WAITAOF")
+}
+
 /// Whether requests of command `name` may go over a shared upstream session.
 pub fn shareable(name: &[u8]) -> bool {
     let mut upper = [0u8; 24];
@@ -356,6 +362,8 @@ pub struct Hello {
     /// The command with `AUTH user pass` removed, ready to send.
     pub without_auth: BytesMut,
     pub auth: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name given with `SETNAME`, if any.
+    pub setname: Option<Vec<u8>>,
 }
 
 /// Parses `HELLO [protover [AUTH user pass] [SETNAME name]]`; `None` when malformed (the server
@@ -363,6 +371,7 @@ pub struct Hello {
 pub fn parse_hello(args: &[Vec<u8>]) -> Option<Hello> {
     let mut keep: Vec<&[u8]> = vec![&args[0]];
     let mut auth = None;
+    let mut setname = None;
     let mut i = 1;
     if let Some(ver) = args.get(1) {
         keep.push(ver);
@@ -376,6 +385,7 @@ pub fn parse_hello(args: &[Vec<u8>]) -> Option<Hello> {
         } else if opt.eq_ignore_ascii_case(b"SETNAME") && i + 1 < args.len() {
             keep.push(opt);
             keep.push(&args[i + 1]);
+            setname = Some(args[i + 1].clone());
             i += 2;
         } else {
             return None;
@@ -383,7 +393,11 @@ pub fn parse_hello(args: &[Vec<u8>]) -> Option<Hello> {
     }
     let mut without_auth = BytesMut::new();
     super::encode_command(&mut without_auth, &keep);
-    Some(Hello { without_auth, auth })
+    Some(Hello {
+        without_auth,
+        auth,
+        setname,
+    })
 }
 
 #[cfg(test)]
@@ -456,6 +470,7 @@ mod tests {
             .collect();
         let h = parse_hello(&args).unwrap();
         assert_eq!(h.auth, Some((b"u".to_vec(), b"p".to_vec())));
+        assert_eq!(h.setname, Some(b"n".to_vec()));
         assert_eq!(
             &h.without_auth[..],
             b"*4\r\n$5\r\nHELLO\r\n$1\r\n3\r\n$7\r\nSETNAME\r\n$1\r\nn\r\n"

@@ -8,20 +8,23 @@
 //! swallows it (a reply to an injected command), or first emits the tunnel's own replies queued
 //! at that position. Forwarded bytes are never copied: the output is a list of ranges of the
 //! input buffer, written as they are.
+//!
+//! Where replies stop pairing with requests (`MONITOR`, `CLIENT REPLY OFF|SKIP`, RESP2
+//! subscribe mode, `SYNC`, a reply nobody asked for) the session is *unsynced*: everything is
+//! forwarded faithfully and nothing is injected, until the client's `RESET`, whose `+RESET`
+//! reply is where accounting resumes (and the tunnel's re-AUTH goes in right behind it). RESP3
+//! keeps pairing in subscribe mode: its messages are push frames, never replies.
 
 use std::collections::VecDeque;
 use std::ops::Range;
 
 use bytes::Bytes;
 
+use super::RespVersion;
 use super::command::{self, Cmd};
 use super::scan::{Dir, ScanError, Scanner};
 use crate::config::{ClientAuth, Credentials};
-
-/// A request frame is held (in the read buffer, not copied) until it is complete, so it can be
-/// inspected before any of it is forwarded; one longer than this is decided on its name and
-/// streamed, so the buffer stays bounded whatever length the client declares.
-pub const HOLD_LIMIT: usize = 64 * 1024;
+pub use crate::limits::HOLD_LIMIT;
 
 /// Longest swallowed reply kept to explain a failed injected command.
 const CAPTURE: usize = 256;
@@ -30,6 +33,7 @@ pub const NOAUTH: &[u8] = b"-NOAUTH Authentication required.\r\n";
 pub const WRONGPASS: &[u8] = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n";
 const HELLO_NOAUTH: &[u8] = b"-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n";
 const AUTH_ARITY: &[u8] = b"-ERR wrong number of arguments for 'auth' command\r\n";
+const RESET_REPLY: &[u8] = b"+RESET\r\n";
 
 /// One thing to write, in order: a range of the input buffer, or bytes the tunnel made.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,10 +64,20 @@ pub enum Entry {
     Client(u64),
     /// The next `n` replies answer commands the tunnel injected: not for the client.
     Swallow(u64),
+    /// One reply to `HELLO` (the client's, or swallowed): its type says the protocol in use.
+    Hello { swallow: bool },
+    /// The client's `RESET`: its reply, and the connection is back to RESP2.
+    Reset,
+    /// A `(P|S)(UN)SUBSCRIBE` sent in RESP3: no reply, only pushes. (Had the connection stayed in
+    /// RESP2, replies stop pairing here.)
+    Subscribe3,
     /// The tunnel's own reply to a client command it did not forward.
     Synthetic(Bytes),
-    /// From here on replies no longer pair with requests: forward raw, inject nothing.
-    Opaque,
+    /// From here on replies no longer pair with requests, until [`Entry::Resync`].
+    Unsync,
+    /// The client's `RESET` sent while unsynced: replies are forwarded as they come until its
+    /// `+RESET`, after which they pair again.
+    Resync,
     /// Send this, then end the session (the client sent something malformed).
     Close(Bytes),
 }
@@ -99,6 +113,7 @@ impl Fifo {
             .iter()
             .map(|e| match e {
                 Entry::Client(n) | Entry::Swallow(n) => *n,
+                Entry::Hello { .. } | Entry::Reset => 1,
                 _ => 0,
             })
             .sum()
@@ -114,13 +129,14 @@ impl Fifo {
         self.q.front()
     }
 
-    /// One reply of the head run arrived.
+    /// One reply of the head entry arrived.
     fn pop_reply(&mut self) {
-        if let Some(Entry::Client(n) | Entry::Swallow(n)) = self.q.front_mut() {
-            *n -= 1;
-            if *n == 0 {
+        match self.q.front_mut() {
+            Some(Entry::Client(n) | Entry::Swallow(n)) if *n > 1 => *n -= 1,
+            Some(_) => {
                 self.q.pop_front();
             }
+            None => {}
         }
     }
 }
@@ -142,7 +158,10 @@ pub struct Requests {
     held: usize,
     /// The current frame was decided on its name and streams through as it arrives.
     streaming: bool,
-    opaque: bool,
+    /// Replies pair with requests (see the module note).
+    synced: bool,
+    /// The protocol the connection will be in once the requests so far have run.
+    version: RespVersion,
     /// `require` mode: the client has given the tunnel's password.
     authed: bool,
     policy: ClientAuth,
@@ -156,28 +175,57 @@ impl Requests {
             scan: Scanner::new(Dir::Request),
             held: 0,
             streaming: false,
-            opaque: false,
+            synced: true,
+            version: RespVersion::V2,
             authed: false,
             policy,
             inject,
         }
     }
 
-    /// No reply accounting any more: everything is forwarded as is.
-    pub fn is_opaque(&self) -> bool {
-        self.opaque
+    /// Whether replies pair with requests (so the tunnel may inject and answer in order).
+    pub fn is_synced(&self) -> bool {
+        self.synced
     }
 
-    /// The reply side lost track (an unexpected or unparseable reply): stop injecting and
-    /// inspecting here too, from the next frame on.
-    pub fn set_opaque(&mut self) {
-        self.opaque = true;
+    /// The reply side lost track (an unexpected reply, or subscribe mode in RESP2 after all):
+    /// stop injecting and answering here too, from the next frame on, until a RESET.
+    pub fn set_unsynced(&mut self) {
+        self.synced = false;
+    }
+
+    /// The credentials to re-send after a RESET (they change on reload).
+    pub fn set_inject(&mut self, inject: Option<Credentials>) {
+        self.inject = inject;
     }
 
     /// Between requests with reply accounting intact: if the server owes nothing either, the
     /// connection can be RESET and handed to another client.
     pub fn at_clean_boundary(&self) -> bool {
-        !self.opaque && !self.streaming && self.held == 0
+        self.synced && !self.streaming && self.held == 0
+    }
+
+    /// The client already gave the tunnel's password (on a shared session, before it needed
+    /// one of its own).
+    pub fn set_authed(&mut self) {
+        self.authed = true;
+    }
+
+    /// Commands the tunnel sends before the client's first (what it did on shared sessions:
+    /// `HELLO 3`, `CLIENT SETNAME`…), with their replies swallowed.
+    pub fn replay(&mut self, cmds: &[Bytes], ops: &mut Vec<Op>, entries: &mut Vec<Entry>) {
+        for c in cmds {
+            let mut scan = Scanner::new(Dir::Request);
+            let hello = matches!(scan.feed(c), Ok((n, true)) if n == c.len())
+                && command::name(c, scan.info()).map(command::classify) == Some(Cmd::Hello);
+            if hello {
+                self.note_hello(c, scan.info());
+                entries.push(Entry::Hello { swallow: true });
+            } else {
+                entries.push(Entry::Swallow(1));
+            }
+            ops.push(Op::Bytes(c.clone()));
+        }
     }
 
     /// Processes client bytes `buf` (starting with any frame held from the previous call).
@@ -186,12 +234,6 @@ impl Requests {
         let mut i = self.held;
         let mut frame_start = 0;
         while i < buf.len() {
-            if self.opaque {
-                forward(ops, i..buf.len());
-                i = buf.len();
-                frame_start = i;
-                break;
-            }
             let (n, done) = match self.scan.feed(&buf[i..]) {
                 Ok(r) => r,
                 Err(e) => return self.protocol_error(&e, frame_start, entries),
@@ -206,14 +248,20 @@ impl Requests {
             }
             i += n;
             if done {
-                self.complete(buf, frame_start..i, ops, entries);
+                if self.synced {
+                    self.complete(buf, frame_start..i, ops, entries);
+                } else {
+                    self.unsynced(buf, frame_start..i, ops, entries);
+                }
                 frame_start = i;
                 continue;
             }
             // An ordinary command streams as soon as its name is known: a large value is not
             // held back, and the server sees (and may refuse) it as early as it would directly.
             if self.ordinary_command(buf, frame_start, i) {
-                entries.push(Entry::Client(1));
+                if self.synced {
+                    entries.push(Entry::Client(1));
+                }
                 forward(ops, frame_start..i);
                 self.streaming = true;
                 frame_start = i;
@@ -235,11 +283,10 @@ impl Requests {
         }
     }
 
-    /// Queues `-ERR ectunnel: protocol error: …` as the client's last reply; nothing from the
+    /// Queues Redis's own `-ERR Protocol error: …` as the client's last reply; nothing from the
     /// malformed frame on is forwarded.
     fn protocol_error(&mut self, e: &ScanError, at: usize, entries: &mut Vec<Entry>) -> Progress {
-        let msg = format!("-ERR ectunnel: protocol error: {e}\r\n");
-        entries.push(Entry::Close(Bytes::from(msg)));
+        entries.push(Entry::Close(protocol_error(e)));
         self.held = 0;
         Progress {
             consumed: at,
@@ -285,16 +332,57 @@ impl Requests {
                 Err(ScanError::InlineTooBig)
             }
             _ if needs_auth && cmd != Cmd::Quit => Err(ScanError::InlineTooBig),
+            _ if !self.synced => Ok(()),
             Cmd::Other => {
                 entries.push(Entry::Client(1));
                 Ok(())
             }
             _ => {
                 // Anything special this long: stop accounting rather than guess.
-                entries.push(Entry::Opaque);
-                self.opaque = true;
+                entries.push(Entry::Unsync);
+                self.synced = false;
                 Ok(())
             }
+        }
+    }
+
+    /// A whole frame while unsynced: forwarded as is, but a RESET is where pairing resumes.
+    fn unsynced(
+        &mut self,
+        buf: &[u8],
+        r: Range<usize>,
+        ops: &mut Vec<Op>,
+        entries: &mut Vec<Entry>,
+    ) {
+        let info = *self.scan.info();
+        let is_reset = command::name(&buf[r.clone()], &info)
+            .is_some_and(|n| command::classify(n) == Cmd::Reset);
+        forward(ops, r);
+        if is_reset {
+            self.synced = true;
+            entries.push(Entry::Resync);
+            self.after_reset(ops, entries);
+        }
+    }
+
+    /// RESET de-authenticates and ends MULTI: our AUTH goes right behind it, before anything
+    /// the client pipelined after it, and its reply is swallowed.
+    fn after_reset(&mut self, ops: &mut Vec<Op>, entries: &mut Vec<Entry>) {
+        self.authed = false;
+        self.version = RespVersion::V2;
+        if let Some(creds) = &self.inject {
+            ops.push(Op::Bytes(super::auth_command(creds)));
+            entries.push(Entry::Swallow(1));
+        }
+    }
+
+    /// Notes the protocol a `HELLO <version>` will switch to if it succeeds.
+    fn note_hello(&mut self, frame: &[u8], info: &super::scan::FrameInfo) {
+        let args = command::args(frame, info).unwrap_or_default();
+        match args.get(1).map(Vec::as_slice) {
+            Some(b"2") => self.version = RespVersion::V2,
+            Some(b"3") => self.version = RespVersion::V3,
+            _ => {}
         }
     }
 
@@ -346,47 +434,22 @@ impl Requests {
                     synth(entries, WRONGPASS);
                 }
             }
-            Cmd::Hello if !matches!(self.policy, ClientAuth::Passthrough) => {
-                let Some(hello) = all_args().as_deref().and_then(command::parse_hello) else {
-                    if require && !self.authed {
-                        return synth(entries, HELLO_NOAUTH);
-                    }
-                    entries.push(Entry::Client(1)); // malformed: the server explains
-                    return forward(ops, r);
-                };
-                match hello.auth {
-                    Some((user, pass)) => {
-                        if !self.check(&user, &pass) {
-                            return synth(entries, WRONGPASS);
-                        }
-                        self.authed = true;
-                        entries.push(Entry::Client(1));
-                        ops.push(Op::Bytes(hello.without_auth.freeze()));
-                    }
-                    None if require && !self.authed => synth(entries, HELLO_NOAUTH),
-                    None => {
-                        entries.push(Entry::Client(1));
-                        forward(ops, r);
-                    }
-                }
-            }
+            Cmd::Hello => self.hello(frame, &info, r, ops, entries),
             Cmd::Reset => {
-                // RESET de-authenticates and ends MULTI: send our AUTH right behind it, before
-                // anything the client pipelined after it, and swallow its reply.
-                entries.push(Entry::Client(1));
+                entries.push(Entry::Reset);
                 forward(ops, r);
-                self.authed = false;
-                if let Some(creds) = &self.inject {
-                    ops.push(Op::Bytes(super::auth_command(creds)));
-                    entries.push(Entry::Swallow(1));
-                }
+                self.after_reset(ops, entries);
             }
-            Cmd::Monitor | Cmd::Subscribe | Cmd::Sync => self.go_opaque(r, ops, entries),
+            Cmd::Subscribe if self.version == RespVersion::V3 => {
+                entries.push(Entry::Subscribe3);
+                forward(ops, r);
+            }
+            Cmd::Monitor | Cmd::Subscribe | Cmd::Sync => self.go_unsynced(r, ops, entries),
             Cmd::Client
                 if args(1).is_some_and(|a| a.eq_ignore_ascii_case(b"REPLY"))
                     && args(2).is_none_or(|a| !a.eq_ignore_ascii_case(b"ON")) =>
             {
-                self.go_opaque(r, ops, entries)
+                self.go_unsynced(r, ops, entries)
             }
             Cmd::Client if inline => {
                 // `client reply off` typed into telnet.
@@ -395,7 +458,7 @@ impl Requests {
                     && words[1].eq_ignore_ascii_case(b"REPLY")
                     && !words[2].eq_ignore_ascii_case(b"ON");
                 if off {
-                    self.go_opaque(r, ops, entries)
+                    self.go_unsynced(r, ops, entries)
                 } else {
                     entries.push(Entry::Client(1));
                     forward(ops, r);
@@ -408,9 +471,54 @@ impl Requests {
         }
     }
 
-    fn go_opaque(&mut self, r: Range<usize>, ops: &mut Vec<Op>, entries: &mut Vec<Entry>) {
-        entries.push(Entry::Opaque);
-        self.opaque = true;
+    /// `HELLO [version [AUTH u p] [SETNAME n]]`: its `AUTH` judged by the tunnel unless it
+    /// passes through; its reply tells the reply side which protocol is in use.
+    fn hello(
+        &mut self,
+        frame: &[u8],
+        info: &super::scan::FrameInfo,
+        r: Range<usize>,
+        ops: &mut Vec<Op>,
+        entries: &mut Vec<Entry>,
+    ) {
+        let synth = |entries: &mut Vec<Entry>, b: &'static [u8]| {
+            entries.push(Entry::Synthetic(Bytes::from_static(b)))
+        };
+        let require = matches!(self.policy, ClientAuth::Require(_));
+        let parsed = (!matches!(self.policy, ClientAuth::Passthrough)).then(|| {
+            command::args(frame, info)
+                .as_deref()
+                .and_then(command::parse_hello)
+        });
+        let rewritten = match parsed {
+            // Passes through: the server judges its AUTH.
+            None => None,
+            // Malformed: the server explains (unless it may not be forwarded yet).
+            Some(None) if require && !self.authed => return synth(entries, HELLO_NOAUTH),
+            Some(None) => None,
+            Some(Some(hello)) => match hello.auth {
+                Some((user, pass)) if !self.check(&user, &pass) => {
+                    return synth(entries, WRONGPASS);
+                }
+                Some(_) => {
+                    self.authed = true;
+                    Some(hello.without_auth.freeze())
+                }
+                None if require && !self.authed => return synth(entries, HELLO_NOAUTH),
+                None => None,
+            },
+        };
+        self.note_hello(frame, info);
+        entries.push(Entry::Hello { swallow: false });
+        match rewritten {
+            Some(cmd) => ops.push(Op::Bytes(cmd)),
+            None => forward(ops, r),
+        }
+    }
+
+    fn go_unsynced(&mut self, r: Range<usize>, ops: &mut Vec<Op>, entries: &mut Vec<Entry>) {
+        entries.push(Entry::Unsync);
+        self.synced = false;
         forward(ops, r);
     }
 
@@ -421,12 +529,12 @@ impl Requests {
             _ => true,
         }
     }
+}
 
-    /// The client already gave the tunnel's password (on a shared session, before it needed
-    /// one of its own).
-    pub fn set_authed(&mut self) {
-        self.authed = true;
-    }
+/// Redis's reply to a request it cannot parse (it then closes the connection), word for word:
+/// clients and Redis's own test suite match on `Protocol error`.
+pub fn protocol_error(e: &ScanError) -> Bytes {
+    Bytes::from(format!("-ERR Protocol error: {e}\r\n"))
 }
 
 /// Whether `AUTH user pass` names `c` (no username means `default`), in constant time.
@@ -446,7 +554,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The errors a node gives once it has been demoted to a replica.
-fn demotion(reply: &[u8]) -> bool {
+pub fn demotion(reply: &[u8]) -> bool {
     reply.starts_with(b"-READONLY")
         || (reply.starts_with(b"-UNBLOCKED")
             && memchr::memmem::find(reply, b"master -> replica").is_some())
@@ -458,6 +566,8 @@ enum Owner {
     Client,
     Swallow,
     Push,
+    /// Unsynced: forwarded without accounting.
+    Anyone,
 }
 
 /// What the reply side reports besides its writes.
@@ -472,13 +582,29 @@ pub struct ReplyProgress {
     pub demoted: bool,
 }
 
+/// How far the reply side trusts its accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Synced,
+    /// Replies do not pair; frames are still found, to spot the `+RESET` that resyncs.
+    Unsynced,
+    /// Not RESP the scanner understands: bytes are forwarded untouched for good.
+    Raw,
+}
+
 /// The server → client half.
 #[derive(Debug)]
 pub struct Replies {
     scan: Scanner,
     owner: Option<Owner>,
-    opaque: bool,
-    /// The start of the current frame, kept for swallowed replies and the client's errors.
+    /// The head entry the current frame answers (HELLO, RESET: their reply is read).
+    answering: Option<Entry>,
+    mode: Mode,
+    /// Times accounting was lost here without the request side having said so (a reply nobody
+    /// asked for; subscribe mode in RESP2 after a failed HELLO 3): it must stop injecting too.
+    lost: u64,
+    version: RespVersion,
+    /// The start of the current frame, kept for swallowed replies, errors and `+RESET`.
     capture: Vec<u8>,
     capturing: bool,
 }
@@ -494,14 +620,24 @@ impl Replies {
         Replies {
             scan: Scanner::new(Dir::Reply),
             owner: None,
-            opaque: false,
+            answering: None,
+            mode: Mode::Synced,
+            lost: 0,
+            version: RespVersion::V2,
             capture: Vec::new(),
             capturing: false,
         }
     }
 
-    pub fn is_opaque(&self) -> bool {
-        self.opaque
+    /// Whether replies pair with requests.
+    pub fn is_synced(&self) -> bool {
+        self.mode == Mode::Synced
+    }
+
+    /// How often accounting was lost without the request side's knowing; when this changes the
+    /// request side must go unsynced too ([`Requests::set_unsynced`]).
+    pub fn lost(&self) -> u64 {
+        self.lost
     }
 
     /// Between replies: the tunnel's own replies at the FIFO head can be sent now.
@@ -515,35 +651,25 @@ impl Replies {
         let mut progress = ReplyProgress::default();
         let mut i = 0;
         loop {
-            if self.owner.is_none() && !self.opaque && self.emit_ready(fifo, ops) {
+            if self.owner.is_none() && self.mode != Mode::Raw && self.emit_ready(fifo, ops) {
                 progress.close = true;
                 return progress;
             }
             if i >= buf.len() {
                 return progress;
             }
-            if self.opaque {
+            if self.mode == Mode::Raw {
                 forward(ops, i..buf.len());
                 return progress;
             }
             let owner = match self.owner {
                 Some(o) => o,
                 None => {
-                    let o = if buf[i] == b'>' {
-                        Owner::Push
-                    } else {
-                        match fifo.head() {
-                            Some(Entry::Client(_)) => Owner::Client,
-                            Some(Entry::Swallow(_)) => Owner::Swallow,
-                            // A reply nobody asked for: accounting is lost; stay faithful.
-                            _ => {
-                                self.opaque = true;
-                                continue;
-                            }
-                        }
-                    };
+                    let o = self.owner_of(buf[i], fifo);
                     self.capture.clear();
-                    self.capturing = o == Owner::Swallow || buf[i] == b'-';
+                    self.capturing = matches!(o, Owner::Swallow | Owner::Anyone)
+                        || buf[i] == b'-'
+                        || self.answering.is_some();
                     self.owner = Some(o);
                     o
                 }
@@ -552,7 +678,7 @@ impl Replies {
                 Ok(r) => r,
                 Err(_) => {
                     // Not RESP we understand: forward everything from here untouched.
-                    self.opaque = true;
+                    self.mode = Mode::Raw;
                     if owner != Owner::Swallow {
                         forward(ops, i..buf.len());
                     }
@@ -571,27 +697,81 @@ impl Replies {
                 self.owner = None;
                 // An attribute annotates the reply after it; it is not a reply itself.
                 if self.scan.info().kind != b'|' {
-                    match owner {
-                        Owner::Client => {
-                            fifo.pop_reply();
-                            if self.capturing && demotion(&self.capture) {
-                                progress.demoted = true;
-                            }
-                        }
-                        Owner::Swallow => {
-                            fifo.pop_reply();
-                            if self.capture.first() == Some(&b'-') {
-                                let line =
-                                    self.capture.split(|b| *b == b'\r').next().unwrap_or(&[]);
-                                progress
-                                    .injected_errors
-                                    .push(super::printable(&String::from_utf8_lossy(&line[1..])));
-                            }
-                        }
-                        Owner::Push => {}
-                    }
+                    self.reply_done(owner, fifo, &mut progress);
                 }
             }
+        }
+    }
+
+    /// Whose reply starts with `first`, given the FIFO head.
+    fn owner_of(&mut self, first: u8, fifo: &mut Fifo) -> Owner {
+        if first == b'>' {
+            return Owner::Push;
+        }
+        if self.mode == Mode::Unsynced {
+            return Owner::Anyone;
+        }
+        match fifo.head() {
+            Some(Entry::Client(_)) => Owner::Client,
+            Some(Entry::Swallow(_)) => Owner::Swallow,
+            Some(e @ (Entry::Hello { .. } | Entry::Reset)) => {
+                let o = match e {
+                    Entry::Hello { swallow: true } => Owner::Swallow,
+                    _ => Owner::Client,
+                };
+                self.answering = Some(e.clone());
+                o
+            }
+            // A reply nobody asked for: accounting is lost until a RESET; stay faithful.
+            _ => {
+                self.mode = Mode::Unsynced;
+                self.lost += 1;
+                Owner::Anyone
+            }
+        }
+    }
+
+    /// A whole reply of `owner` went by.
+    fn reply_done(&mut self, owner: Owner, fifo: &mut Fifo, progress: &mut ReplyProgress) {
+        let error = self.capture.first() == Some(&b'-');
+        match owner {
+            Owner::Client | Owner::Swallow => {
+                fifo.pop_reply();
+                if let Some(answered) = self.answering.take() {
+                    self.note_answer(&answered);
+                }
+                if owner == Owner::Client && error && demotion(&self.capture) {
+                    progress.demoted = true;
+                }
+                if owner == Owner::Swallow && error {
+                    let line = self.capture.split(|b| *b == b'\r').next().unwrap_or(&[]);
+                    let text = String::from_utf8_lossy(&line[1..]);
+                    progress.injected_errors.push(super::printable(&text));
+                }
+            }
+            Owner::Anyone => {
+                if error && demotion(&self.capture) {
+                    progress.demoted = true;
+                }
+                // A RESET recorded before the request side learnt it was unsynced resyncs too.
+                let reset_pending = matches!(fifo.head(), Some(Entry::Resync | Entry::Reset));
+                if reset_pending && self.capture == RESET_REPLY {
+                    fifo.pop_reply();
+                    self.mode = Mode::Synced;
+                    self.version = RespVersion::V2;
+                }
+            }
+            Owner::Push => {}
+        }
+    }
+
+    /// The reply to a HELLO or RESET tells which protocol the connection speaks now.
+    fn note_answer(&mut self, answered: &Entry) {
+        match (answered, self.capture.first()) {
+            (Entry::Hello { .. }, Some(b'%')) => self.version = RespVersion::V3,
+            (Entry::Hello { .. }, Some(b'*')) => self.version = RespVersion::V2,
+            (Entry::Reset, Some(b'+')) => self.version = RespVersion::V2,
+            _ => {} // refused: nothing changed
         }
     }
 
@@ -605,13 +785,14 @@ impl Replies {
                     ops.push(Op::Bytes(b));
                     return true;
                 }
-                Entry::Client(_) | Entry::Swallow(_) | Entry::Opaque => {}
+                _ => {}
             }
         }
         false
     }
 
-    /// Sends the tunnel's replies queued at the FIFO head. Returns true on `Close`.
+    /// Handles the entries at the FIFO head that take no reply: the tunnel's own replies are
+    /// sent, a change of pairing is applied. Returns true on `Close`.
     pub fn emit_ready(&mut self, fifo: &mut Fifo, ops: &mut Vec<Op>) -> bool {
         loop {
             match fifo.head() {
@@ -619,18 +800,52 @@ impl Replies {
                     ops.push(Op::Bytes(b.clone()));
                     fifo.q.pop_front();
                 }
-                Some(Entry::Opaque) => {
-                    fifo.q.pop_front();
-                    self.opaque = true;
-                    return false;
-                }
                 Some(Entry::Close(b)) => {
                     ops.push(Op::Bytes(b.clone()));
                     fifo.q.pop_front();
                     return true;
                 }
+                Some(Entry::Subscribe3) if self.version == RespVersion::V3 => {
+                    fifo.q.pop_front();
+                }
+                // Subscribe mode in RESP2 after all (the HELLO 3 before it failed).
+                Some(Entry::Subscribe3) => {
+                    fifo.q.pop_front();
+                    self.mode = Mode::Unsynced;
+                    self.lost += 1;
+                }
+                Some(Entry::Unsync) => {
+                    fifo.q.pop_front();
+                    self.mode = Mode::Unsynced;
+                }
+                // Unsynced, the replies these stood for cannot be told apart: only a RESET's
+                // reply can.
+                Some(Entry::Client(_) | Entry::Swallow(_) | Entry::Hello { .. })
+                    if self.mode == Mode::Unsynced =>
+                {
+                    fifo.q.pop_front();
+                }
                 _ => return false,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fifo_counts_the_replies_it_waits_for() {
+        let mut f = Fifo::default();
+        f.extend([
+            Entry::Client(2),
+            Entry::Client(1),
+            Entry::Hello { swallow: true },
+            Entry::Synthetic(Bytes::from_static(b"+OK\r\n")),
+            Entry::Reset,
+            Entry::Swallow(1),
+        ]);
+        assert_eq!((f.len(), f.pending_replies()), (5, 6));
     }
 }

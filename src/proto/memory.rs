@@ -19,6 +19,8 @@ pub struct MemSession {
     pub max_buffered: usize,
     /// Errors the server returned for injected commands.
     pub injected_errors: Vec<String>,
+    /// [`Replies::lost`] as the request side last saw it.
+    lost: u64,
 }
 
 impl MemSession {
@@ -32,6 +34,7 @@ impl MemSession {
             entries: Vec::new(),
             max_buffered: 0,
             injected_errors: Vec::new(),
+            lost: 0,
         }
     }
 
@@ -58,6 +61,10 @@ impl MemSession {
     ) -> bool {
         self.req_buf.extend_from_slice(chunk);
         self.max_buffered = self.max_buffered.max(self.req_buf.len());
+        if self.replies.lost() != self.lost {
+            self.lost = self.replies.lost();
+            self.requests.set_unsynced();
+        }
         let progress = self
             .requests
             .process(&self.req_buf, &mut self.ops, &mut self.entries);

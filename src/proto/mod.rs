@@ -11,6 +11,14 @@ pub mod share;
 
 use bytes::BytesMut;
 
+/// The RESP version a connection speaks: 2 until a `HELLO 3`, and again after `RESET`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RespVersion {
+    #[default]
+    V2,
+    V3,
+}
+
 /// Appends `args` as a RESP multibulk command. Multibulk (not inline) so that a password with
 /// spaces or quotes reaches the server byte for byte.
 pub fn encode_command(buf: &mut BytesMut, args: &[&[u8]]) {

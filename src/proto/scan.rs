@@ -22,10 +22,8 @@ pub enum Dir {
     Reply,
 }
 
-/// Longest inline request Redis accepts (PROTO_INLINE_MAX_SIZE); longer is a protocol error.
-pub const MAX_INLINE: usize = 64 * 1024;
-/// Deepest aggregate nesting accepted in a reply.
-const MAX_DEPTH: usize = 512;
+pub use crate::limits::MAX_INLINE;
+use crate::limits::MAX_REPLY_DEPTH as MAX_DEPTH;
 /// How many leading arguments of a request the scanner remembers the position of.
 pub const ARG_SLOTS: usize = 3;
 

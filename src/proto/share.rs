@@ -2,15 +2,28 @@
 //! over its input (the session does the I/O; benches and tests drive it in memory).
 //!
 //! A client's input is split into a run of complete requests that may be shared, and the point
-//! where that stops: a request the tunnel answers itself (`AUTH` it can judge, `QUIT`), one that
-//! needs a session of the client's own, or malformed input.
+//! where that stops: a request the tunnel answers itself (`AUTH` it can judge, `QUIT`,
+//! `CLIENT SETNAME|GETNAME`), a `HELLO` that moves the client to sessions of another protocol, a
+//! `WAIT`, one that needs a session of the client's own, or malformed input. What a client did
+//! to its connection while sharing (`HELLO 3`, `CLIENT SETNAME|SETINFO`) is kept, to be replayed
+//! on its own session if it later needs one.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
+use super::RespVersion;
 use super::command::{self, Cmd};
-use super::engine::{HOLD_LIMIT, credentials_match};
-use super::scan::{Dir, FrameInfo, ScanError, Scanner};
+use super::engine::{HOLD_LIMIT, credentials_match, protocol_error};
+use super::scan::{Dir, FrameInfo, MAX_INLINE, Scanner};
 use crate::config::{ClientAuth, Credentials};
+use crate::limits::{UNAUTHENTICATED_ARGS, UNAUTHENTICATED_BULK};
+
+/// Commands kept for replay, at most; a client that renames its connection without end goes to a
+/// session of its own instead.
+const MAX_REPLAY: usize = 64;
+
+const OK: &[u8] = b"+OK\r\n";
+const BAD_NAME: &[u8] =
+    b"-ERR Client names cannot contain spaces, newlines or special characters.\r\n";
 
 /// Where a split stopped before the end of the input.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,10 +34,21 @@ pub enum Stop {
     Malformed(Bytes),
     /// At a request of `len` bytes the tunnel answers with `reply`; then closes if `quit`.
     Local {
-        reply: &'static [u8],
+        reply: Bytes,
         quit: bool,
         len: usize,
     },
+    /// At a `HELLO` of `len` bytes: `cmd` (it, without what the tunnel handles) goes to a
+    /// session speaking `version`, which the client's later requests use too.
+    Switch {
+        version: RespVersion,
+        cmd: Bytes,
+        len: usize,
+    },
+    /// At a `WAIT`/`WAITAOF` of `len` bytes: it must run on the connection the client's writes
+    /// went through, and nothing of another client may queue behind it there. The client
+    /// continues on a session of its own after it.
+    Wait { len: usize },
 }
 
 /// The result of [`Splitter::split`].
@@ -37,18 +61,28 @@ pub struct Split {
     pub stop: Option<Stop>,
 }
 
+/// How much one split may hand out; it stops at the first frame boundary past either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub replies: u64,
+    pub bytes: usize,
+}
+
+impl Budget {
+    pub const UNLIMITED: Budget = Budget {
+        replies: u64::MAX,
+        bytes: usize::MAX,
+    };
+}
+
 /// What to do with one complete request frame.
 enum Decision {
     /// Share it; it expects this many replies (0 or 1).
     Share(u32),
-    Local {
-        reply: &'static [u8],
-        quit: bool,
-    },
-    Own,
+    Stop(Stop),
 }
 
-/// One client's splitter: its scanner, and its standing for `AUTH`.
+/// One client's splitter: its scanner, its standing for `AUTH`, and its connection's state.
 #[derive(Debug)]
 pub struct Splitter {
     scan: Scanner,
@@ -58,6 +92,11 @@ pub struct Splitter {
     inject: Option<Credentials>,
     /// `require` mode: the client gave the tunnel's password.
     authed: bool,
+    version: RespVersion,
+    /// `CLIENT SETNAME` as the tunnel answered it.
+    name: Option<Vec<u8>>,
+    /// What to send first on the client's own session.
+    replay: Vec<Bytes>,
 }
 
 impl Splitter {
@@ -68,6 +107,9 @@ impl Splitter {
             policy,
             inject,
             authed: false,
+            version: RespVersion::V2,
+            name: None,
+            replay: Vec::new(),
         }
     }
 
@@ -76,10 +118,22 @@ impl Splitter {
         self.authed
     }
 
+    /// The protocol the client speaks now.
+    pub fn version(&self) -> RespVersion {
+        self.version
+    }
+
+    /// The commands that put a session of the client's own in the state its shared sessions
+    /// showed it, in the order it sent them.
+    pub fn replay(&self) -> &[Bytes] {
+        &self.replay
+    }
+
     /// Scans `buf`, which starts where the last split's shareable run ended (a frame held from
-    /// the previous call included). After a [`Stop::Local`] the caller drops its `len` bytes and
-    /// splits the rest; after any other stop the splitter is done with this client.
-    pub fn split(&mut self, buf: &[u8]) -> Split {
+    /// the previous call included), handing out at most about `budget`. After a [`Stop::Local`] or [`Stop::Switch`] the caller drops
+    /// its `len` bytes and splits the rest; after any other stop the splitter is done with this
+    /// client.
+    pub fn split(&mut self, buf: &[u8], budget: Budget) -> Split {
         let (mut i, mut start, mut replies) = (self.held, 0, 0u32);
         self.held = 0;
         let stop = |len, replies, stop| Split {
@@ -88,9 +142,12 @@ impl Splitter {
             stop: Some(stop),
         };
         while i < buf.len() {
+            if start > 0 && (u64::from(replies) >= budget.replies || start >= budget.bytes) {
+                break;
+            }
             let (n, done) = match self.scan.feed(&buf[i..]) {
                 Ok(r) => r,
-                Err(e) => return stop(start, replies, malformed(&e)),
+                Err(e) => return stop(start, replies, Stop::Malformed(protocol_error(&e))),
             };
             i += n;
             if !done {
@@ -102,11 +159,7 @@ impl Splitter {
             }
             match self.decide(&buf[start..i]) {
                 Decision::Share(r) => replies += r,
-                Decision::Own => return stop(start, replies, Stop::Own),
-                Decision::Local { reply, quit } => {
-                    let len = i - start;
-                    return stop(start, replies, Stop::Local { reply, quit, len });
-                }
+                Decision::Stop(s) => return stop(start, replies, s),
             }
             start = i;
         }
@@ -119,41 +172,44 @@ impl Splitter {
     }
 
     fn decide(&mut self, frame: &[u8]) -> Decision {
+        let own = Decision::Stop(Stop::Own);
         let info: FrameInfo = *self.scan.info();
         let inline = info.kind != b'*';
-        // Redis closes the connection on what it cannot parse, which on a shared session would
-        // close it for everyone: only frames exactly as Redis reads them are shared. (The
-        // scanner is more lenient, which on a session of the client's own is harmless.)
-        if inline && memchr::memchr(0, frame).is_some() {
-            return Decision::Own; // sdssplitargs stops at a NUL, inside quotes an error
-        }
-        if !inline && !canonical_multibulk(frame) {
-            return Decision::Own;
-        }
-        // An unauthenticated connection may not send more than 10 arguments or one over
-        // 16 KiB (Redis closes it): without injected credentials the shared sessions may be.
-        if !inline
-            && self.inject.is_none()
-            && (info.argc > 10 || info.longest_arg > UNAUTHENTICATED_BULK)
-        {
-            return Decision::Own;
+        if !redis_reads_it_whole(frame, &info, self.inject.is_some()) {
+            return own;
         }
         // An empty line, `*0`, `*-1`: ignored by Redis, no reply.
         let Some(name) = command::name(frame, &info) else {
             return Decision::Share(0);
         };
         let args = || command::args(frame, &info);
+        let local = |reply: Bytes| {
+            Decision::Stop(Stop::Local {
+                reply,
+                quit: false,
+                len: frame.len(),
+            })
+        };
         match command::classify(name) {
-            Cmd::Auth => self.auth(args()),
+            Cmd::Auth => self.auth(args(), frame.len()),
             // QUIT would close a shared session for everyone; answered here as Redis would.
-            Cmd::Quit => Decision::Local {
-                reply: b"+OK\r\n",
+            Cmd::Quit => Decision::Stop(Stop::Local {
+                reply: Bytes::from_static(OK),
                 quit: true,
-            },
-            _ if matches!(self.policy, ClientAuth::Require(_)) && !self.authed => Decision::Own,
+                len: frame.len(),
+            }),
+            _ if matches!(self.policy, ClientAuth::Require(_)) && !self.authed => own,
             // Unbalanced quotes make Redis close the connection: not on a shared one.
-            _ if command::shareable(name) && (!inline || args().is_some()) => Decision::Share(1),
-            _ => Decision::Own,
+            _ if inline && args().is_none() => own,
+            Cmd::Hello if !inline => self.hello(args(), frame.len()),
+            Cmd::Client if !inline => match self.client(args(), frame) {
+                Some(Ok(reply)) => local(reply),
+                Some(Err(())) => Decision::Share(1),
+                None => own,
+            },
+            _ if command::is_wait(name) => Decision::Stop(Stop::Wait { len: frame.len() }),
+            _ if command::shareable(name) => Decision::Share(1),
+            _ => own,
         }
     }
 
@@ -161,11 +217,23 @@ impl Splitter {
     /// to the tunnel's password, `passthrough` to the very credentials the shared sessions
     /// were authenticated with (what the server would answer). Anything else is the server's
     /// to judge, on a session of the client's own.
-    fn auth(&mut self, args: Option<Vec<Vec<u8>>>) -> Decision {
+    fn auth(&mut self, args: Option<Vec<Vec<u8>>>, len: usize) -> Decision {
         let args = args.unwrap_or_default();
         let Some((user, pass)) = command::auth_pair(&args) else {
-            return Decision::Own;
+            return Decision::Stop(Stop::Own);
         };
+        if !self.judge(user, pass) {
+            return Decision::Stop(Stop::Own);
+        }
+        Decision::Stop(Stop::Local {
+            reply: Bytes::from_static(OK),
+            quit: false,
+            len,
+        })
+    }
+
+    /// Whether the tunnel may answer `AUTH user pass` with OK (and does, noting it).
+    fn judge(&mut self, user: &[u8], pass: &[u8]) -> bool {
         let ok = match &self.policy {
             ClientAuth::Absorb => true,
             ClientAuth::Require(c) => credentials_match(c, user, pass),
@@ -174,19 +242,122 @@ impl Splitter {
                 .as_ref()
                 .is_some_and(|c| credentials_match(c, user, pass)),
         };
-        if !ok {
-            return Decision::Own;
+        self.authed |= ok;
+        ok
+    }
+
+    /// `HELLO 2|3 [AUTH u p] [SETNAME n]`: its AUTH judged as `AUTH` is, its name kept, and the
+    /// rest sent to a session of that protocol. Other versions are the server's to refuse.
+    fn hello(&mut self, args: Option<Vec<Vec<u8>>>, len: usize) -> Decision {
+        let own = Decision::Stop(Stop::Own);
+        let Some(args) = args else { return own };
+        let version = match args.get(1).map(Vec::as_slice) {
+            None => return Decision::Share(1), // the server's details, in the current protocol
+            Some(b"2") => RespVersion::V2,
+            Some(b"3") => RespVersion::V3,
+            Some(_) => return Decision::Share(1), // NOPROTO, before anything else happens
+        };
+        let Some(hello) = command::parse_hello(&args) else {
+            return own;
+        };
+        if let Some((user, pass)) = &hello.auth
+            && !self.judge(user, pass)
+        {
+            return own;
         }
-        self.authed = true;
-        Decision::Local {
-            reply: b"+OK\r\n",
-            quit: false,
+        if let Some(name) = &hello.setname {
+            if !valid_name(name) || !self.keep(setname_command(name)) {
+                return own;
+            }
+            self.name = Some(name.clone()).filter(|n| !n.is_empty());
         }
+        let mut cmd = BytesMut::new();
+        super::encode_command(&mut cmd, &[b"HELLO", &args[1]]);
+        let cmd = cmd.freeze();
+        if !self.keep(cmd.clone()) {
+            return own;
+        }
+        self.version = version;
+        Decision::Stop(Stop::Switch { version, cmd, len })
+    }
+
+    /// `CLIENT SETNAME|GETNAME` answered here from the name kept (`Ok`), `CLIENT SETINFO` shared
+    /// and kept (`Err`), anything else not here (`None`).
+    fn client(&mut self, args: Option<Vec<Vec<u8>>>, frame: &[u8]) -> Option<Result<Bytes, ()>> {
+        let args = args?;
+        let sub = args.get(1)?;
+        if sub.eq_ignore_ascii_case(b"SETNAME") && args.len() == 3 {
+            let name = &args[2];
+            if !valid_name(name) {
+                return Some(Ok(Bytes::from_static(BAD_NAME)));
+            }
+            if !self.keep(setname_command(name)) {
+                return None;
+            }
+            self.name = Some(name.clone()).filter(|n| !n.is_empty());
+            return Some(Ok(Bytes::from_static(OK)));
+        }
+        if sub.eq_ignore_ascii_case(b"GETNAME") && args.len() == 2 {
+            return Some(Ok(self.name_reply()));
+        }
+        // The server's answer (7.2 knows SETINFO, 7.0 refuses it) is the client's answer; the
+        // shared session's library name is only a label.
+        if sub.eq_ignore_ascii_case(b"SETINFO") && args.len() == 4 {
+            return self.keep(Bytes::copy_from_slice(frame)).then_some(Err(()));
+        }
+        None
+    }
+
+    fn name_reply(&self) -> Bytes {
+        match (&self.name, self.version) {
+            (Some(n), _) => {
+                let mut b = BytesMut::with_capacity(n.len() + 16);
+                b.extend_from_slice(format!("${}\r\n", n.len()).as_bytes());
+                b.extend_from_slice(n);
+                b.extend_from_slice(b"\r\n");
+                b.freeze()
+            }
+            (None, RespVersion::V2) => Bytes::from_static(b"$-1\r\n"),
+            (None, RespVersion::V3) => Bytes::from_static(b"_\r\n"),
+        }
+    }
+
+    /// Keeps a command for replay; false when too many are kept already.
+    fn keep(&mut self, cmd: Bytes) -> bool {
+        if self.replay.len() >= MAX_REPLAY {
+            return false;
+        }
+        self.replay.push(cmd);
+        true
     }
 }
 
-/// The longest bulk Redis accepts from a connection that has not authenticated.
-const UNAUTHENTICATED_BULK: u64 = 16 * 1024;
+fn setname_command(name: &[u8]) -> Bytes {
+    let mut b = BytesMut::new();
+    super::encode_command(&mut b, &[b"CLIENT", b"SETNAME", name]);
+    b.freeze()
+}
+
+/// Redis's rule for connection names: printable ASCII without spaces (empty clears the name).
+fn valid_name(name: &[u8]) -> bool {
+    name.iter().all(|b| (b'!'..=b'~').contains(b))
+}
+
+/// Whether Redis reads `frame` as one request and answers it, rather than closing the connection
+/// (which on a shared session would close it for everyone). The scanner is more lenient, which
+/// on a session of the client's own is harmless.
+fn redis_reads_it_whole(frame: &[u8], info: &FrameInfo, authenticated: bool) -> bool {
+    if info.kind != b'*' {
+        // sdssplitargs stops at a NUL (inside quotes an error); past its limit Redis refuses
+        // an inline request outright.
+        return frame.len() <= MAX_INLINE && memchr::memchr(0, frame).is_none();
+    }
+    // An unauthenticated connection may not send more than 10 arguments or one over 16 KiB
+    // (Redis closes it): without injected credentials the shared sessions may be one.
+    let unauthenticated_ok =
+        info.argc <= UNAUTHENTICATED_ARGS && info.longest_arg <= UNAUTHENTICATED_BULK;
+    canonical_multibulk(frame) && (authenticated || unauthenticated_ok)
+}
 
 /// Whether a complete multibulk frame is written exactly as Redis parses it: `*<n>\r\n`, then
 /// per argument `$<len>\r\n<payload>\r\n`, lengths in plain decimal (no sign, no leading
@@ -224,12 +395,6 @@ fn decimal(f: &[u8], at: usize) -> Option<(usize, usize)> {
     (i > at && f.get(i..i + 2) == Some(b"\r\n")).then_some((value, i + 2))
 }
 
-fn malformed(e: &ScanError) -> Stop {
-    Stop::Malformed(Bytes::from(format!(
-        "-ERR ectunnel: protocol error: {e}\r\n"
-    )))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,7 +426,7 @@ mod tests {
         ]
         .concat();
         let input = [head.clone(), cmd(&["SELECT", "1"]), cmd(&["GET", "a"])].concat();
-        let got = s.split(&input);
+        let got = s.split(&input, Budget::UNLIMITED);
         assert_eq!((got.len, got.replies), (head.len(), 2));
         assert_eq!(got.stop, Some(Stop::Own));
     }
@@ -270,9 +435,9 @@ mod tests {
     fn a_frame_arriving_in_pieces_is_held_then_shared() {
         let mut s = Splitter::new(ClientAuth::Passthrough, None);
         let full = cmd(&["GET", "key"]);
-        let got = s.split(&full[..7]);
+        let got = s.split(&full[..7], Budget::UNLIMITED);
         assert_eq!((got.len, got.replies, got.stop), (0, 0, None));
-        let got = s.split(&full);
+        let got = s.split(&full, Budget::UNLIMITED);
         assert_eq!((got.len, got.replies, got.stop), (full.len(), 1, None));
     }
 
@@ -280,37 +445,49 @@ mod tests {
     fn auth_is_answered_only_when_its_answer_is_known() {
         let mut s = Splitter::new(ClientAuth::Passthrough, Some(token()));
         let auth = cmd(&["AUTH", "tok"]);
-        let got = s.split(&[cmd(&["PING"]), auth.clone(), cmd(&["PING"])].concat());
+        let got = s.split(
+            &[cmd(&["PING"]), auth.clone(), cmd(&["PING"])].concat(),
+            Budget::UNLIMITED,
+        );
         let local = Stop::Local {
-            reply: b"+OK\r\n",
+            reply: Bytes::from_static(b"+OK\r\n"),
             quit: false,
             len: auth.len(),
         };
         assert_eq!((got.len, got.replies, got.stop), (14, 1, Some(local)));
         let mut other = Splitter::new(ClientAuth::Passthrough, Some(token()));
-        assert_eq!(other.split(&cmd(&["AUTH", "nope"])).stop, Some(Stop::Own));
+        assert_eq!(
+            other.split(&cmd(&["AUTH", "nope"]), Budget::UNLIMITED).stop,
+            Some(Stop::Own)
+        );
         let mut none = Splitter::new(ClientAuth::Passthrough, None);
-        assert_eq!(none.split(&cmd(&["AUTH", "tok"])).stop, Some(Stop::Own));
+        assert_eq!(
+            none.split(&cmd(&["AUTH", "tok"]), Budget::UNLIMITED).stop,
+            Some(Stop::Own)
+        );
     }
 
     #[test]
     fn require_shares_nothing_before_the_password() {
         let mut s = Splitter::new(ClientAuth::Require(token()), None);
-        assert_eq!(s.split(&cmd(&["GET", "a"])).stop, Some(Stop::Own));
+        assert_eq!(
+            s.split(&cmd(&["GET", "a"]), Budget::UNLIMITED).stop,
+            Some(Stop::Own)
+        );
         let mut s = Splitter::new(ClientAuth::Require(token()), None);
         assert!(matches!(
-            s.split(&cmd(&["AUTH", "tok"])).stop,
+            s.split(&cmd(&["AUTH", "tok"]), Budget::UNLIMITED).stop,
             Some(Stop::Local { quit: false, .. })
         ));
         assert!(s.authed());
-        assert_eq!(s.split(&cmd(&["GET", "a"])).replies, 1);
+        assert_eq!(s.split(&cmd(&["GET", "a"]), Budget::UNLIMITED).replies, 1);
     }
 
     #[test]
     fn only_frames_exactly_as_redis_reads_them_are_shared() {
         let shared = |input: &[u8]| {
             let mut s = Splitter::new(ClientAuth::Passthrough, Some(token()));
-            s.split(input)
+            s.split(input, Budget::UNLIMITED)
         };
         let ok = shared(&[cmd(&["GET", "k"]), b"*0\r\n".to_vec(), b"*-1\r\n".to_vec()].concat());
         assert_eq!((ok.replies, ok.stop), (1, None));
@@ -334,25 +511,112 @@ mod tests {
         let mut mget = vec!["MGET"];
         mget.extend(many.iter().map(String::as_str));
         let mut s = Splitter::new(ClientAuth::Passthrough, None);
-        assert_eq!(s.split(&cmd(&mget)).stop, Some(Stop::Own));
+        assert_eq!(
+            s.split(&cmd(&mget), Budget::UNLIMITED).stop,
+            Some(Stop::Own)
+        );
         let mut s = Splitter::new(ClientAuth::Passthrough, Some(token()));
-        assert_eq!(s.split(&cmd(&mget)).replies, 1);
+        assert_eq!(s.split(&cmd(&mget), Budget::UNLIMITED).replies, 1);
+    }
+
+    #[test]
+    fn a_budget_ends_a_run_at_a_frame_boundary() {
+        let mut s = Splitter::new(ClientAuth::Passthrough, Some(token()));
+        let input = cmd(&["GET", "k"]).repeat(5);
+        let budget = Budget {
+            replies: 2,
+            bytes: usize::MAX,
+        };
+        let got = s.split(&input, budget);
+        assert_eq!(
+            (got.len, got.replies, got.stop),
+            (input.len() / 5 * 2, 2, None)
+        );
+        let got = s.split(&input[input.len() / 5 * 2..], Budget::UNLIMITED);
+        assert_eq!(got.replies, 3);
+    }
+
+    #[test]
+    fn the_connection_name_is_kept_here_and_replayed_later() {
+        let mut s = Splitter::new(ClientAuth::Passthrough, Some(token()));
+        let local = |s: &mut Splitter, c: &[&str]| match s.split(&cmd(c), Budget::UNLIMITED).stop {
+            Some(Stop::Local { reply, .. }) => reply,
+            other => panic!("{c:?}: {other:?}"),
+        };
+        assert_eq!(&local(&mut s, &["CLIENT", "GETNAME"])[..], b"$-1\r\n");
+        assert_eq!(
+            &local(&mut s, &["client", "setname", "app"])[..],
+            b"+OK\r\n"
+        );
+        assert_eq!(&local(&mut s, &["CLIENT", "GETNAME"])[..], b"$3\r\napp\r\n");
+        let bad = local(&mut s, &["CLIENT", "SETNAME", "a b"]);
+        assert!(bad.starts_with(b"-ERR Client names cannot contain spaces"));
+        let info = cmd(&["CLIENT", "SETINFO", "LIB-NAME", "x"]);
+        assert_eq!(s.split(&info, Budget::UNLIMITED).replies, 1);
+        let hello = match s
+            .split(
+                &cmd(&["HELLO", "3", "AUTH", "default", "tok"]),
+                Budget::UNLIMITED,
+            )
+            .stop
+        {
+            Some(Stop::Switch {
+                version, cmd: c, ..
+            }) => (version, c),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(hello, (RespVersion::V3, Bytes::from(cmd(&["HELLO", "3"]))));
+        assert_eq!(&local(&mut s, &["CLIENT", "GETNAME"])[..], b"$3\r\napp\r\n");
+        let replay: Vec<Bytes> = vec![
+            Bytes::from(cmd(&["CLIENT", "SETNAME", "app"])),
+            Bytes::from(info),
+            Bytes::from(cmd(&["HELLO", "3"])),
+        ];
+        assert_eq!(s.replay(), &replay[..]);
+        // Anything else about the connection is the server's, on the client's own session.
+        assert_eq!(
+            s.split(&cmd(&["CLIENT", "ID"]), Budget::UNLIMITED).stop,
+            Some(Stop::Own)
+        );
+        let wait = cmd(&["WAIT", "1", "0"]);
+        assert_eq!(
+            Splitter::new(ClientAuth::Passthrough, None)
+                .split(&wait, Budget::UNLIMITED)
+                .stop,
+            Some(Stop::Wait { len: wait.len() })
+        );
     }
 
     #[test]
     fn long_declared_and_malformed_input_stop_sharing() {
         let mut s = Splitter::new(ClientAuth::Passthrough, None);
-        let got = s.split(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$4000000000\r\nxx");
+        let got = s.split(
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$4000000000\r\nxx",
+            Budget::UNLIMITED,
+        );
         assert_eq!(got.stop, Some(Stop::Own));
         let mut s = Splitter::new(ClientAuth::Passthrough, None);
-        let got = s.split(&[cmd(&["PING"]), b"*1\r\n:5\r\n".to_vec()].concat());
+        let got = s.split(
+            &[cmd(&["PING"]), b"*1\r\n:5\r\n".to_vec()].concat(),
+            Budget::UNLIMITED,
+        );
         assert_eq!(got.replies, 1);
         assert!(matches!(got.stop, Some(Stop::Malformed(_))));
         let mut s = Splitter::new(ClientAuth::Passthrough, None);
-        assert_eq!(s.split(b"get \"unbalanced\r\n").stop, Some(Stop::Own));
+        assert_eq!(
+            s.split(b"get \"unbalanced\r\n", Budget::UNLIMITED).stop,
+            Some(Stop::Own)
+        );
+        // Past Redis's inline limit Redis closes the connection: never on a shared one.
+        let long = format!("SET k {}\r\n", "x".repeat(70 * 1024));
+        let mut s = Splitter::new(ClientAuth::Passthrough, None);
+        assert_eq!(
+            s.split(long.as_bytes(), Budget::UNLIMITED).stop,
+            Some(Stop::Own)
+        );
         assert_eq!(
             Splitter::new(ClientAuth::Passthrough, None)
-                .split(b"get k\r\n")
+                .split(b"get k\r\n", Budget::UNLIMITED)
                 .replies,
             1
         );

@@ -1,14 +1,123 @@
-//! The tunnel's own conversation on an upstream session: one command of its own (PING, ROLE,
-//! RESET, AUTH) and its reply, decoded with `redis-protocol`.
+//! An upstream session once dialled ([`Conn`]: the TLS stream and where it reached), and the
+//! tunnel's own conversation on it: one command of its own (PING, HELLO, ROLE, RESET, AUTH)
+//! and its reply, decoded with `redis-protocol`.
+
+use std::net::SocketAddr;
+use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use redis_protocol::resp2::types::OwnedFrame;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
+use crate::config::Role;
+use crate::limits::MAX_OWN_REPLY as MAX_REPLY;
+use crate::ops::metrics::GaugeGuard;
 use crate::proto;
+use crate::proto::scan::{Dir, Scanner};
 
-/// Longest reply to the tunnel's own commands (AUTH, ROLE, PING, RESET) it will buffer.
-const MAX_REPLY: usize = 64 * 1024;
+/// A ready session: TLS up and, when configured, authenticated and of the right role.
+pub struct Conn {
+    pub stream: TlsStream<TcpStream>,
+    pub at: At,
+    /// Whatever the server sent after the handshake replies; forwarded to the client first.
+    pub leftover: BytesMut,
+    pub created: Instant,
+    /// Counts this session in `ectunnel_upstream_sessions_open` while it lives.
+    pub open: Option<GaugeGuard>,
+}
+
+/// Where a session is: the node it reached and what that node was then. Every part of the
+/// tunnel that holds a session asks the node authority ([`super::Node`]) whether this is still
+/// where the upstream is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct At {
+    /// The address DNS gave this time (it changes on failover).
+    pub peer: SocketAddr,
+    /// Which of the listener's candidates it reached.
+    pub candidate: usize,
+    /// What the node said it was when dialled (`HELLO`'s `role`, or `ROLE`), if it said.
+    pub role: Option<NodeRole>,
+    /// The node authority's generation when the session was made.
+    pub born: u64,
+}
+
+/// A node's replication role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeRole {
+    Primary,
+    Replica,
+}
+
+impl NodeRole {
+    /// From `HELLO`'s `role` (`master` / `replica`) or `ROLE`'s first word (`master` / `slave`).
+    pub fn from_word(word: &[u8]) -> Option<NodeRole> {
+        match word {
+            b"master" => Some(NodeRole::Primary),
+            b"replica" | b"slave" => Some(NodeRole::Replica),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for NodeRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NodeRole::Primary => "primary",
+            NodeRole::Replica => "replica",
+        })
+    }
+}
+
+/// Whether a node that said it is `reported` (or said nothing) may serve a listener with `role`.
+pub fn admits(role: Role, reported: Option<NodeRole>) -> bool {
+    match role {
+        Role::Any => true,
+        Role::Primary => reported == Some(NodeRole::Primary),
+        Role::Replica => reported == Some(NodeRole::Replica),
+    }
+}
+
+/// The `role` of a `HELLO` reply (RESP2: a flat array of keys and values).
+pub fn hello_role(reply: &OwnedFrame) -> Option<NodeRole> {
+    let OwnedFrame::Array(items) = reply else {
+        return None;
+    };
+    items.chunks(2).find_map(|kv| match kv {
+        [OwnedFrame::BulkString(k), OwnedFrame::BulkString(v)] if k == b"role" => {
+            NodeRole::from_word(v)
+        }
+        _ => None,
+    })
+}
+
+/// Reads one complete reply of any RESP2/RESP3 type and returns its bytes; the rest stays in
+/// `buf`. For replies the tunnel only needs to see the end and the type of (`HELLO 3`).
+pub async fn read_raw<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+) -> Result<BytesMut, ReplyError> {
+    let mut scan = Scanner::new(Dir::Reply);
+    let mut at = 0;
+    loop {
+        if at < buf.len() {
+            let (n, done) = scan
+                .feed(&buf[at..])
+                .map_err(|e| ReplyError::Unexpected(e.to_string()))?;
+            at += n;
+            if done {
+                return Ok(buf.split_to(at));
+            }
+        }
+        if buf.len() > MAX_REPLY {
+            return Err(ReplyError::Unexpected("reply too long".into()));
+        }
+        if r.read_buf(buf).await? == 0 {
+            return Err(ReplyError::Closed);
+        }
+    }
+}
 
 /// Reads one complete RESP2 frame from `r`, keeping any bytes after it in `buf`. For the
 /// tunnel's own handshake and health-check replies only.
@@ -62,11 +171,11 @@ pub async fn request<S: AsyncRead + AsyncWrite + Unpin>(
     read_frame(s, buf).await
 }
 
-/// The role word of a `ROLE` reply (`master`, `slave`, `sentinel`).
-pub fn role_of(reply: &OwnedFrame) -> Option<String> {
+/// The role of a `ROLE` reply (`master` or `slave` first).
+pub fn role_of(reply: &OwnedFrame) -> Option<NodeRole> {
     match reply {
         OwnedFrame::Array(items) => match items.first()? {
-            OwnedFrame::BulkString(word) => Some(String::from_utf8_lossy(word).into_owned()),
+            OwnedFrame::BulkString(word) => NodeRole::from_word(word),
             _ => None,
         },
         _ => None,
@@ -100,7 +209,26 @@ mod tests {
             Err(ReplyError::Unexpected(_))
         ));
         let role = OwnedFrame::Array(vec![OwnedFrame::BulkString(b"slave".to_vec())]);
-        assert_eq!(role_of(&role).as_deref(), Some("slave"));
+        assert_eq!(role_of(&role), Some(NodeRole::Replica));
         assert_eq!(role_of(&OwnedFrame::Integer(1)), None);
+    }
+
+    #[tokio::test]
+    async fn reads_the_role_of_a_hello_reply_and_whole_resp3_replies() {
+        let hello = b"*6\r\n$6\r\nserver\r\n$5\r\nredis\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$5\r\nproto\r\n:2\r\n";
+        let mut input: &[u8] = hello;
+        let frame = read_frame(&mut input, &mut BytesMut::new()).await.unwrap();
+        assert_eq!(hello_role(&frame), Some(NodeRole::Primary));
+        let map = b"%1\r\n$4\r\nrole\r\n$7\r\nreplica\r\n+PONG\r\n";
+        let mut input: &[u8] = &map[..7];
+        let mut buf = BytesMut::new();
+        assert!(matches!(
+            read_raw(&mut input, &mut buf).await,
+            Err(ReplyError::Closed)
+        ));
+        let mut input: &[u8] = &map[7..];
+        let got = read_raw(&mut input, &mut buf).await.unwrap();
+        assert_eq!(&got[..], &map[..map.len() - 7]);
+        assert_eq!(&buf[..], b"+PONG\r\n");
     }
 }

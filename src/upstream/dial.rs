@@ -1,5 +1,5 @@
-//! DNS → TCP → TLS → AUTH (+ ROLE), each stage under `connect_timeout`, each failure named by
-//! its stage; with several candidates (or addresses) and a `role`, the first that matches.
+//! DNS → TCP → TLS → AUTH + HELLO, each stage under `connect_timeout`, each failure named by its
+//! stage; with several candidates (or addresses) and a `role`, the first that matches.
 
 use std::fmt;
 use std::io;
@@ -14,7 +14,8 @@ use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use super::conn;
+use super::conn::{self, At, Conn, NodeRole};
+use super::resolve::Resolver;
 use crate::config::{ListenerConfig, Role, Upstream};
 use crate::proto;
 
@@ -60,29 +61,14 @@ pub struct DialError {
     pub reason: String,
 }
 
-/// A ready session: TLS up and, when configured, authenticated and of the right role.
-pub struct Dialed {
-    pub stream: TlsStream<TcpStream>,
-    /// The address DNS gave this time (it changes on failover).
-    pub peer: SocketAddr,
-    /// Which of the listener's candidates it reached.
-    pub candidate: usize,
-    /// Whatever the server sent after the handshake replies; forwarded to the client first.
-    pub leftover: BytesMut,
-    /// What `ROLE` said, when it was asked.
-    pub role: Option<String>,
-    pub created: Instant,
-    /// Counts this session in `ectunnel_upstream_sessions_open` while it lives.
-    pub open: Option<crate::ops::metrics::GaugeGuard>,
-}
-
 /// Dials the listener's upstream. DNS is resolved here, every time, never cached: the primary
-/// endpoint's name moves to the new primary on failover.
-pub async fn dial(l: &ListenerConfig) -> Result<Dialed, DialError> {
+/// endpoint's name moves to the new primary on failover. The session's [`At::born`] is left for
+/// the node authority to set.
+pub async fn dial(l: &ListenerConfig, resolver: &Resolver) -> Result<Conn, DialError> {
     let mut wrong_role: Vec<String> = Vec::new();
     let mut last = None;
     for (i, up) in l.upstreams.iter().enumerate() {
-        match dial_candidate(l, up, i, &mut wrong_role).await {
+        match dial_candidate(l, resolver, up, i, &mut wrong_role).await {
             Ok(d) => return Ok(d),
             Err(e) => last = Some(e),
         }
@@ -103,22 +89,21 @@ pub async fn dial(l: &ListenerConfig) -> Result<Dialed, DialError> {
 
 async fn dial_candidate(
     l: &ListenerConfig,
+    resolver: &Resolver,
     up: &Upstream,
     candidate: usize,
     wrong_role: &mut Vec<String>,
-) -> Result<Dialed, DialError> {
+) -> Result<Conn, DialError> {
     let t = l.connect_timeout;
     let fail = |stage, reason: String| DialError {
         stage,
         upstream: up.addr.to_string(),
         reason: proto::printable(&reason),
     };
-    let host = (up.addr.host.as_str(), up.addr.port);
-    let addrs: Vec<SocketAddr> = timeout(t, tokio::net::lookup_host(host))
+    let addrs = timeout(t, resolver.lookup(&up.addr.host, up.addr.port))
         .await
         .map_err(|_| fail(Stage::Dns, timed_out(t)))?
-        .map_err(|e| fail(Stage::Dns, e.to_string()))?
-        .collect();
+        .map_err(|e| fail(Stage::Dns, e.to_string()))?;
     if addrs.is_empty() {
         return Err(fail(Stage::Dns, "the name has no addresses".into()));
     }
@@ -133,52 +118,23 @@ async fn dial_candidate(
                 e
             }
         };
-        let tcp = match timeout(t, TcpStream::connect(addr)).await {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => {
-                last = Some(fail(Stage::Connect, label(e.to_string())));
-                continue;
-            }
-            Err(_) => {
-                last = Some(fail(Stage::Connect, label(timed_out(t))));
-                continue;
-            }
-        };
-        if let Err(e) = tcp.set_nodelay(true) {
-            last = Some(fail(Stage::Connect, label(e.to_string())));
-            continue;
-        }
         // A failure past TCP on one address (say, a node hanging in TLS mid-failover) moves on
         // to the next address; the last failure is what the client is told.
-        let connector = TlsConnector::from(l.tls.clone());
-        let mut stream = match timeout(t, connector.connect(up.server_name.clone(), tcp)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                last = Some(fail(Stage::Tls, e.to_string()));
+        let (stream, leftover, role) = match reach(l, up, addr).await {
+            Ok(r) => r,
+            Err((stage, e)) if stage == Stage::Connect => {
+                last = Some(fail(stage, label(e)));
                 continue;
             }
-            Err(_) => {
-                last = Some(fail(Stage::Tls, timed_out(t)));
-                continue;
-            }
-        };
-        let mut leftover = BytesMut::new();
-        let role = match timeout(t, handshake(&mut stream, l, &mut leftover)).await {
-            Ok(Ok(role)) => role,
-            Ok(Err((stage, reason))) => {
-                last = Some(fail(stage, reason));
-                continue;
-            }
-            Err(_) => {
-                last = Some(fail(Stage::Auth, timed_out(t)));
+            Err((stage, e)) => {
+                last = Some(fail(stage, e));
                 continue;
             }
         };
-        if let Some(r) = &role
-            && !l.role.matches(r)
-        {
-            wrong_role.push(format!("{addr} is {r}"));
-            last = Some(fail(Stage::Role, format!("{addr} is {r}, not {}", l.role)));
+        if !conn::admits(l.role, role) {
+            let is = role.map_or_else(|| "of unknown role".to_owned(), |r| r.to_string());
+            wrong_role.push(format!("{addr} is {is}"));
+            last = Some(fail(Stage::Role, format!("{addr} is {is}, not {}", l.role)));
             continue;
         }
         tracing::debug!(
@@ -187,15 +143,19 @@ async fn dial_candidate(
             peer = %addr,
             tls = ?stream.get_ref().1.protocol_version(),
             handshake = ?stream.get_ref().1.handshake_kind(),
-            role = role.as_deref().unwrap_or("-"),
+            role = role.map_or_else(|| "-".to_owned(), |r| r.to_string()),
             "upstream session ready"
         );
-        return Ok(Dialed {
-            stream,
+        let at = At {
             peer: addr,
             candidate,
-            leftover,
             role,
+            born: 0,
+        };
+        return Ok(Conn {
+            stream,
+            at,
+            leftover,
             created: Instant::now(),
             open: None,
         });
@@ -203,29 +163,54 @@ async fn dial_candidate(
     Err(last.unwrap_or_else(|| fail(Stage::Connect, "no address could be reached".into())))
 }
 
+type Reached = (TlsStream<TcpStream>, BytesMut, Option<NodeRole>);
+
+/// TCP, TLS and the handshake commands to one address.
+async fn reach(
+    l: &ListenerConfig,
+    up: &Upstream,
+    addr: SocketAddr,
+) -> Result<Reached, (Stage, String)> {
+    let t = l.connect_timeout;
+    let tcp = match timeout(t, TcpStream::connect(addr)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => return Err((Stage::Connect, e.to_string())),
+        Err(_) => return Err((Stage::Connect, timed_out(t))),
+    };
+    crate::net::tune(&tcp, l.keepalive).map_err(|e| (Stage::Connect, e.to_string()))?;
+    let connector = TlsConnector::from(l.tls.clone());
+    let mut stream = match timeout(t, connector.connect(up.server_name.clone(), tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err((Stage::Tls, e.to_string())),
+        Err(_) => return Err((Stage::Tls, timed_out(t))),
+    };
+    let mut leftover = BytesMut::new();
+    match timeout(t, handshake(&mut stream, l, &mut leftover)).await {
+        Ok(Ok(role)) => Ok((stream, leftover, role)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err((Stage::Auth, timed_out(t))),
+    }
+}
+
 fn timed_out(t: Duration) -> String {
     format!("timed out after {}", humantime::format_duration(t))
 }
 
-/// Sends `AUTH` and, for a `role`, `ROLE`, pipelined in one round trip, and checks both replies
-/// before any client byte may pass. The server's error text (`WRONGPASS …`) is the reason shown
-/// to the client; it never contains the password. Returns what `ROLE` said.
+/// Sends `AUTH` and `HELLO 2`, pipelined in one round trip, and checks both replies before any
+/// client byte may pass. The server's error text (`WRONGPASS …`) is the reason shown to the
+/// client; it never contains the password. Returns the node's role from HELLO (an ACL user may
+/// run HELLO where it may not run the admin command ROLE); only a listener with a `role` falls
+/// back to `ROLE` when HELLO says nothing (servers before Redis 6).
 async fn handshake(
     stream: &mut TlsStream<TcpStream>,
     l: &ListenerConfig,
     leftover: &mut BytesMut,
-) -> Result<Option<String>, (Stage, String)> {
+) -> Result<Option<NodeRole>, (Stage, String)> {
     let mut cmd = BytesMut::new();
     if let Some(creds) = &l.auth {
         cmd.extend_from_slice(&proto::auth_command(creds));
     }
-    let ask_role = l.role != Role::Any;
-    if ask_role {
-        proto::encode_command(&mut cmd, &[b"ROLE"]);
-    }
-    if cmd.is_empty() {
-        return Ok(None);
-    }
+    proto::encode_command(&mut cmd, &[b"HELLO", b"2"]);
     let io = |stage| move |e: io::Error| (stage, e.to_string());
     stream.write_all(&cmd).await.map_err(io(Stage::Auth))?;
     stream.flush().await.map_err(io(Stage::Auth))?;
@@ -238,10 +223,21 @@ async fn handshake(
             Err(e) => return Err((Stage::Auth, e.to_string())),
         }
     }
-    if !ask_role {
-        return Ok(None);
+    let hello = conn::read_frame(stream, leftover)
+        .await
+        .map_err(|e| (Stage::Auth, e.to_string()))?;
+    match conn::hello_role(&hello) {
+        Some(role) => Ok(Some(role)),
+        None if l.role == Role::Any => Ok(None),
+        None => ask_role(stream, leftover).await,
     }
-    match conn::read_frame(stream, leftover).await {
+}
+
+async fn ask_role(
+    stream: &mut TlsStream<TcpStream>,
+    leftover: &mut BytesMut,
+) -> Result<Option<NodeRole>, (Stage, String)> {
+    match conn::request(stream, &[b"ROLE"], leftover).await {
         Ok(reply @ OwnedFrame::Array(_)) => conn::role_of(&reply)
             .map(Some)
             .ok_or((Stage::Role, "ROLE reply without a role".into())),

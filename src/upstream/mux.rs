@@ -6,16 +6,20 @@
 //! write, and their replies in one read; an idle client holds no upstream state at all.
 //!
 //! Redis answers a connection's requests in order, so each shared session keeps a queue of
-//! routes (which client, how many replies) that the writer appends to before it writes and the
-//! reader pops as replies complete. A client uses one shared session at a time, so its own
-//! replies stay in order; when that session is retired (failover, age, idle time, an error) the
-//! client waits for the replies still owed to it before it moves to a fresh one. Which
-//! commands may be shared, and what happens at the first one that may not, is the session's
-//! business (`session::shared`).
+//! routes (which receiver, how many replies) that its writer appends to before it writes and its
+//! reader pops as replies complete, handing each run of replies to its [`Sink`] as slices of the
+//! read buffer. What a receiver is (a client) is not this module's business: it sends
+//! [`Batch`]es and takes [`Delivery`]s.
+//!
+//! A session is retired (takes no new batch, finishes what it owes, then closes) when the node
+//! authority says its node moved, when it has been idle for `health_interval` or lived for
+//! `max_lifetime`, when a batch asked to be its last (`WAIT`), or while it waits on a receiver
+//! that does not take its replies. It is dead, and its receivers are told why, when the server
+//! closes it, sends nothing for `shared_reply_timeout` while a reply is owed, or, after its node
+//! moved, has not answered within [`NODE_GRACE`].
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,48 +27,42 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::timeout;
 use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 
-use super::dial::{DialError, Dialed};
-use super::pool::{Epoch, Pool, WeakPool};
-use crate::config::Role;
+use super::conn::{self, At, Conn};
+use super::dial::{DialError, Stage};
+use super::node::{Node, Truth};
+use super::pool::Pool;
+use crate::config::PoolConfig;
+use crate::limits::{BATCH_BYTES, NODE_GRACE, READ_BUF, SHARED_QUEUE_HARD, SHARED_STALL};
 use crate::lock;
 use crate::ops::metrics::{GaugeGuard, ListenerMetrics};
+use crate::proto;
+use crate::proto::RespVersion;
 use crate::proto::scan::{Dir, Scanner};
 
-/// Requests written to the server in one go, at most; more wait for the next write.
-const BATCH_BYTES: usize = 64 * 1024;
-
-/// Upstream read buffer: one whole TLS record.
-const READ_BUF: usize = 16 * 1024;
-
-/// How long a session on a node the pool has left may still answer what it owes; after that
-/// (a node that vanished without a reset never answers) its clients get an error.
-const NODE_GRACE: Duration = Duration::from_secs(5);
-
-/// Reply bytes queued for one client that it has not taken yet. A client that stops reading
-/// cannot hold the shared session back (its co-tenants' replies share the stream), so beyond
-/// this it is disconnected, as Redis disconnects clients past `client-output-buffer-limit`.
-pub const MAX_QUEUED: usize = 32 * 1024 * 1024;
-
-/// Complete requests of one client, and where their replies go.
+/// Complete requests of one receiver, and where their replies go.
 pub struct Batch {
     pub bytes: Bytes,
     pub replies: u32,
     pub to: Arc<Sink>,
+    /// Its replies must not be delivered together with the receiver's earlier ones (something
+    /// of the receiver's own goes between them).
+    pub apart: bool,
 }
 
-/// Reply bytes for a client, and how many replies end in them.
+/// Reply bytes for a receiver, and how many replies end in them.
 pub struct Delivery {
     pub bytes: Bytes,
     pub replies: u32,
-    /// The client can no longer be served: write `bytes`, then close.
+    /// The receiver can no longer be served: write `bytes`, then close.
     pub close: Option<Cut>,
 }
 
-/// Why a client is cut off (an enum rather than text: deliveries sit in a channel block of
-/// 32 per client, so their size is idle memory).
+/// Why a receiver is cut off (an enum rather than text: deliveries sit in a channel block of
+/// 32 per receiver, so their size is idle memory).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Cut {
@@ -75,20 +73,23 @@ pub enum Cut {
 impl Cut {
     pub fn why(self) -> &'static str {
         match self {
-            Cut::Behind => "it fell too far behind reading its replies",
+            Cut::Behind => "it stopped reading replies the others' were queued behind",
             Cut::Broken => "its upstream session broke in the middle of a reply",
         }
     }
 }
 
-/// A client's receiving end, shared with the readers of the sessions it used.
+/// A receiver's end: what the sessions it used hand it, and what it has taken.
 pub struct Sink {
     tx: mpsc::UnboundedSender<Delivery>,
+    /// Bytes delivered and not yet taken (written out by the receiver).
     queued: AtomicUsize,
-    /// 0, or the [`Cut`] (as 1 + its index) that ended this client.
+    /// Replies delivered (answered or failed) so far.
+    received: AtomicU64,
+    /// 0, or the [`Cut`] (as 1 + its index) that ended this receiver.
     cut: AtomicU8,
-    /// Wakes the client even while it is blocked writing to a socket its peer does not read.
-    cut_signal: Notify,
+    /// Wakes whoever waits on this receiver: replies arrived, bytes were taken, it was cut.
+    changed: Notify,
 }
 
 impl Sink {
@@ -97,31 +98,71 @@ impl Sink {
         let sink = Sink {
             tx,
             queued: AtomicUsize::new(0),
+            received: AtomicU64::new(0),
             cut: AtomicU8::new(0),
-            cut_signal: Notify::new(),
+            changed: Notify::new(),
         };
         (Arc::new(sink), rx)
     }
 
-    /// The client wrote `n` delivered bytes out.
+    /// The receiver wrote `n` delivered bytes out.
     pub fn taken(&self, n: usize) {
         self.queued.fetch_sub(n, Ordering::Relaxed);
+        self.changed.notify_waiters();
     }
 
-    /// Resolves once the client has been cut off, with why.
-    pub async fn cut_off(&self) -> Cut {
-        loop {
-            match self.cut.load(Ordering::Acquire) {
-                1 => return Cut::Behind,
-                2 => return Cut::Broken,
-                _ => self.cut_signal.notified().await,
-            }
+    /// Bytes delivered and not yet taken.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Replies delivered or failed so far.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Acquire)
+    }
+
+    /// Why the receiver was cut off, if it was.
+    pub fn cut_reason(&self) -> Option<Cut> {
+        match self.cut.load(Ordering::Acquire) {
+            1 => Some(Cut::Behind),
+            2 => Some(Cut::Broken),
+            _ => None,
         }
+    }
+
+    /// Resolves once `ready` holds, re-checked whenever this receiver's state changes.
+    pub async fn wait_until(&self, mut ready: impl FnMut(&Sink) -> bool) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if ready(self) {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Resolves once the receiver has been cut off, with why.
+    pub async fn cut_off(&self) -> Cut {
+        let mut why = None;
+        self.wait_until(|s| {
+            why = s.cut_reason();
+            why.is_some()
+        })
+        .await;
+        why.unwrap_or(Cut::Broken)
+    }
+
+    /// Answers `replies` requests that could not be sent with `-ERR ectunnel: <why>`, in their
+    /// place among the replies.
+    pub fn refuse(&self, replies: u32, why: &str) {
+        self.fail(replies, false, why);
     }
 
     fn cut(&self, why: Cut, replies: u32) {
         self.cut.store(why as u8 + 1, Ordering::Release);
-        self.cut_signal.notify_one();
+        self.count(replies);
         let _ = self.tx.send(Delivery {
             bytes: Bytes::new(),
             replies,
@@ -129,20 +170,23 @@ impl Sink {
         });
     }
 
+    fn count(&self, replies: u32) {
+        self.received
+            .fetch_add(u64::from(replies), Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
     fn deliver(&self, bytes: Bytes, replies: u32) {
         if self.cut.load(Ordering::Relaxed) != 0 {
-            return;
+            return self.count(replies);
         }
-        let queued = self.queued.fetch_add(bytes.len(), Ordering::Relaxed) + bytes.len();
-        if queued > MAX_QUEUED {
-            // Cut wherever the stream is, maybe mid-reply, so nothing more can be written.
-            return self.cut(Cut::Behind, replies);
-        }
+        self.queued.fetch_add(bytes.len(), Ordering::Relaxed);
         let _ = self.tx.send(Delivery {
             bytes,
             replies,
             close: None,
         });
+        self.count(replies);
     }
 
     fn fail(&self, replies: u32, partial: bool, why: &str) {
@@ -151,11 +195,7 @@ impl Sink {
             return self.cut(Cut::Broken, replies);
         }
         let line = format!("-ERR ectunnel: {why}\r\n");
-        let mut b = BytesMut::with_capacity(line.len() * replies as usize);
-        for _ in 0..replies {
-            b.extend_from_slice(line.as_bytes());
-        }
-        self.deliver(b.freeze(), replies);
+        self.deliver(Bytes::from(line.repeat(replies as usize)), replies);
     }
 }
 
@@ -170,6 +210,9 @@ struct Routes {
     q: VecDeque<Route>,
     /// Part of the head's current reply has gone out: nothing can follow it but a close.
     partial: bool,
+    /// When the queue last went from empty to owing: the reply deadline counts from then or
+    /// from the last byte read, whichever is later.
+    owing_since: Option<tokio::time::Instant>,
     dead: Option<String>,
 }
 
@@ -185,47 +228,51 @@ impl Routes {
     }
 }
 
+/// Whether new batches may come in; closed when the session is retired.
+struct Gate {
+    open: bool,
+    tx: mpsc::UnboundedSender<Batch>,
+}
+
 /// One shared upstream session: a writer task and a reader task around one TLS stream.
 pub struct Shared {
-    tx: mpsc::UnboundedSender<Batch>,
-    routes: Arc<Mutex<Routes>>,
-    retired: Arc<AtomicBool>,
-    peer: SocketAddr,
+    gate: Arc<Mutex<Gate>>,
+    /// Wakes the reader (which closes a retired session once nothing is owed).
+    wake: Arc<Notify>,
+    at: At,
     created: Instant,
-    /// Milliseconds after `created` of the last request.
-    last_used: AtomicU64,
+    /// Milliseconds after `created` of the last batch.
+    last_used: Arc<AtomicU64>,
 }
 
 impl Shared {
-    /// Queues a batch. Never waits: the writer takes whatever has queued up at its next write.
-    pub fn send(&self, b: Batch) {
+    /// Queues a batch unless the session is retired (the batch comes back: take a fresh
+    /// session). Never waits: the writer takes whatever has queued up at its next write. With
+    /// `last`, nothing may follow it (a `WAIT` blocks the connection until it returns).
+    pub fn send(&self, b: Batch, last: bool) -> Result<(), Batch> {
+        let mut gate = lock(&self.gate);
+        if !gate.open {
+            return Err(b);
+        }
+        gate.open = !last;
         self.last_used
             .store(millis(self.created.elapsed()), Ordering::Relaxed);
-        if let Err(mpsc::error::SendError(b)) = self.tx.send(b) {
-            b.to.fail(b.replies, false, "upstream session closed");
-        }
+        gate.tx.send(b).map_err(|mpsc::error::SendError(b)| b)
     }
 
-    /// No client should start using it (replies still owed keep coming).
-    pub fn is_retired(&self) -> bool {
-        self.retired.load(Ordering::Relaxed)
+    /// Whether new batches may go to it.
+    pub fn usable(&self) -> bool {
+        lock(&self.gate).open
     }
 
-    fn usable(&self, pool: &Pool) -> bool {
-        let l = &pool.listener().pool;
-        let age = self.created.elapsed();
-        let idle = age.saturating_sub(Duration::from_millis(
-            self.last_used.load(Ordering::Relaxed),
-        ));
-        let ok = !self.is_retired()
-            && lock(&self.routes).dead.is_none()
-            && age < l.max_lifetime
-            && idle < l.health_interval
-            && pool.current_node().is_none_or(|n| n == self.peer);
-        if !ok {
-            self.retired.store(true, Ordering::Relaxed);
-        }
-        ok
+    /// Takes no new batch from now on; closes once it has answered what it owes.
+    pub fn retire(&self) {
+        lock(&self.gate).open = false;
+        self.wake.notify_one();
+    }
+
+    pub fn at(&self) -> &At {
+        &self.at
     }
 }
 
@@ -233,85 +280,228 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// A listener's shared sessions: `pool.multiplex` slots, each filled on first use and
-/// refilled from the pool once its session is retired.
+/// One slot: its session, or the dial every client of the slot waits on.
+enum Slot {
+    Empty,
+    Dialing(watch::Receiver<Option<Result<Arc<Shared>, DialError>>>),
+    Ready(Arc<Shared>),
+}
+
+type Slots = Vec<Arc<Mutex<Slot>>>;
+
+/// A listener's shared sessions: `pool.multiplex` slots per protocol (clients that said
+/// `HELLO 3` share RESP3 sessions), each filled on first use
+/// and refilled from the pool once its session is retired.
 pub struct Mux {
-    slots: Vec<tokio::sync::Mutex<Option<Arc<Shared>>>>,
+    resp2: Slots,
+    resp3: Slots,
     next: AtomicUsize,
+    settings: PoolConfig,
+    metrics: ListenerMetrics,
+    name: String,
 }
 
 impl Mux {
-    pub fn new(n: usize) -> Mux {
+    pub fn new(settings: PoolConfig, metrics: ListenerMetrics, name: String) -> Mux {
+        let slots = || {
+            (0..settings.multiplex)
+                .map(|_| Arc::new(Mutex::new(Slot::Empty)))
+                .collect()
+        };
         Mux {
-            slots: (0..n).map(|_| tokio::sync::Mutex::new(None)).collect(),
+            resp2: slots(),
+            resp3: slots(),
             next: AtomicUsize::new(0),
+            settings,
+            metrics,
+            name,
         }
     }
 
     pub fn enabled(&self) -> bool {
-        !self.slots.is_empty()
+        !self.resp2.is_empty()
+    }
+
+    /// Retires every session (a reload replaced the listener): each takes no new batch and
+    /// closes once it has answered what it owes.
+    pub fn retire_all(&self) {
+        for cell in self.resp2.iter().chain(&self.resp3) {
+            if let Slot::Ready(s) = &*lock(cell) {
+                s.retire();
+            }
+        }
     }
 
     /// The slot a new client uses, round robin.
     pub fn assign(&self) -> usize {
-        self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len().max(1)
+        self.next.fetch_add(1, Ordering::Relaxed) % self.resp2.len().max(1)
     }
 
-    /// The slot's session, taking a fresh one from the pool when it has none usable. Clients
-    /// of one slot wait on one checkout rather than each dialling.
-    pub async fn get(&self, slot: usize, pool: &Pool) -> Result<Arc<Shared>, DialError> {
-        let mut s = self.slots[slot % self.slots.len()].lock().await;
-        if let Some(cur) = s.as_ref()
-            && cur.usable(pool)
-        {
-            return Ok(cur.clone());
+    /// The slot's session for `proto`, taking a fresh one from the pool when it has none usable.
+    /// One dial at a time per slot, outside its lock; every client waiting on the slot gets that
+    /// dial's outcome.
+    pub async fn get(
+        &self,
+        slot: usize,
+        proto: RespVersion,
+        pool: &Pool,
+        node: &Node,
+    ) -> Result<Arc<Shared>, DialError> {
+        let slots = match proto {
+            RespVersion::V2 => &self.resp2,
+            RespVersion::V3 => &self.resp3,
+        };
+        let cell = slots[slot % slots.len()].clone();
+        let mut outcome = {
+            let mut s = lock(&cell);
+            match &*s {
+                Slot::Ready(sh) if sh.usable() && node.truth().holds(&sh.at) => {
+                    return Ok(sh.clone());
+                }
+                Slot::Dialing(rx) => rx.clone(),
+                _ => {
+                    let (tx, rx) = watch::channel(None);
+                    *s = Slot::Dialing(rx.clone());
+                    let start = self.starter(proto, pool, node);
+                    let cell = cell.clone();
+                    tokio::spawn(async move {
+                        let result = start.run().await;
+                        *lock(&cell) = match &result {
+                            Ok(sh) => Slot::Ready(sh.clone()),
+                            Err(_) => Slot::Empty,
+                        };
+                        let _ = tx.send(Some(result));
+                    });
+                    rx
+                }
+            }
+        };
+        let result = outcome
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| closed(&self.name))?
+            .clone();
+        result.unwrap_or_else(|| Err(closed(&self.name)))
+    }
+
+    fn starter(&self, proto: RespVersion, pool: &Pool, node: &Node) -> Starter {
+        Starter {
+            proto,
+            pool: pool.clone(),
+            node: node.clone(),
+            settings: self.settings.clone(),
+            metrics: self.metrics.clone(),
+            name: self.name.clone(),
         }
-        // Boxed: a dial's state is large, and this future is part of every client's task.
-        let fresh = Arc::new(start(Box::pin(pool.checkout()).await?, pool));
-        *s = Some(fresh.clone());
-        Ok(fresh)
     }
 }
 
-fn start(up: Dialed, pool: &Pool) -> Shared {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let routes = Arc::new(Mutex::new(Routes::default()));
-    let retired = Arc::new(AtomicBool::new(false));
-    let kill = CancellationToken::new();
-    let (rd, wr) = tokio::io::split(up.stream);
-    let l = pool.listener();
-    tracing::debug!(listener = %l.name, peer = %up.peer, "shared session started");
-    tokio::spawn(write(
-        wr,
-        rx,
-        routes.clone(),
-        kill.clone(),
-        pool.metrics().clone(),
-    ));
-    tokio::spawn(read(Reader {
-        rd,
-        leftover: up.leftover,
-        routes: routes.clone(),
-        retired: retired.clone(),
-        kill,
-        pool: pool.downgrade(),
-        epoch: pool.epoch(),
-        watch_readonly: l.role == Role::Primary,
-        metrics: pool.metrics().clone(),
-        name: l.name.clone(),
-        peer: up.peer,
-        _open: up.open,
-    }));
-    // Idle from now on, not from the dial: it may have waited in the pool.
-    let now = millis(up.created.elapsed());
-    Shared {
-        tx,
-        routes,
-        retired,
-        peer: up.peer,
-        created: up.created,
-        last_used: AtomicU64::new(now),
+fn closed(name: &str) -> DialError {
+    DialError {
+        stage: Stage::Connect,
+        upstream: name.to_owned(),
+        reason: "the listener is shutting down".into(),
     }
+}
+
+/// What starting a shared session needs, owned, so the dial runs in a task of its own and is
+/// not cancelled with the client that happened to ask first.
+struct Starter {
+    proto: RespVersion,
+    pool: Pool,
+    node: Node,
+    settings: PoolConfig,
+    metrics: ListenerMetrics,
+    name: String,
+}
+
+impl Starter {
+    async fn run(self) -> Result<Arc<Shared>, DialError> {
+        // Boxed: a dial's state is large.
+        let mut up = Box::pin(self.pool.checkout()).await?;
+        if self.proto == RespVersion::V3 {
+            hello3(&mut up).await?;
+        }
+        Ok(Arc::new(self.start(up)))
+    }
+
+    fn start(self, up: Conn) -> Shared {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let routes = Arc::new(Mutex::new(Routes::default()));
+        let routed = Arc::new(Notify::new());
+        let gate = Arc::new(Mutex::new(Gate { open: true, tx }));
+        let kill = CancellationToken::new();
+        // Idle from now on, not from the dial: it may have waited in the pool.
+        let last_used = Arc::new(AtomicU64::new(millis(up.created.elapsed())));
+        let (rd, wr) = tokio::io::split(up.stream);
+        tracing::debug!(listener = %self.name, peer = %up.at.peer, proto = ?self.proto, "shared session started");
+        let m = self.metrics.clone();
+        tokio::spawn(write(
+            wr,
+            rx,
+            routes.clone(),
+            routed.clone(),
+            kill.clone(),
+            m,
+        ));
+        tokio::spawn(
+            Reader {
+                rd,
+                buf: up.leftover,
+                routes: routes.clone(),
+                routed: routed.clone(),
+                gate: gate.clone(),
+                kill,
+                truth: self.node.watch(),
+                node: self.node,
+                at: up.at,
+                created: up.created,
+                last_used: last_used.clone(),
+                settings: self.settings,
+                metrics: self.metrics,
+                name: self.name,
+                _open: up.open,
+            }
+            .run(),
+        );
+        Shared {
+            gate,
+            wake: routed,
+            at: up.at,
+            created: up.created,
+            last_used,
+        }
+    }
+}
+
+/// Turns a pooled (RESP2) session into a RESP3 one.
+async fn hello3(up: &mut Conn) -> Result<(), DialError> {
+    let fail = |reason: String| DialError {
+        stage: Stage::Auth,
+        upstream: up.at.peer.to_string(),
+        reason,
+    };
+    let mut cmd = BytesMut::new();
+    proto::encode_command(&mut cmd, &[b"HELLO", b"3"]);
+    let exchange = async {
+        up.stream.write_all(&cmd).await?;
+        up.stream.flush().await?;
+        conn::read_raw(&mut up.stream, &mut up.leftover)
+            .await
+            .map_err(std::io::Error::other)
+    };
+    let reply = timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| fail("HELLO 3 timed out".into()))?
+        .map_err(|e| fail(format!("HELLO 3: {e}")))?;
+    if reply.first() != Some(&b'%') {
+        let text = String::from_utf8_lossy(&reply[..reply.len().min(120)]).into_owned();
+        return Err(fail(format!(
+            "HELLO 3 refused: {}",
+            proto::printable(text.trim())
+        )));
+    }
+    Ok(())
 }
 
 /// Writes what clients queued, as few TLS records and writes as it can. Routes are recorded
@@ -320,6 +510,7 @@ async fn write(
     mut wr: WriteHalf<TlsStream<TcpStream>>,
     mut rx: mpsc::UnboundedReceiver<Batch>,
     routes: Arc<Mutex<Routes>>,
+    routed: Arc<Notify>,
     kill: CancellationToken,
     m: ListenerMetrics,
 ) {
@@ -339,23 +530,10 @@ async fn write(
             len += b.bytes.len();
             batch.push(b);
         }
-        {
-            let mut r = lock(&routes);
-            if let Some(why) = r.dead.clone() {
-                for b in batch.drain(..) {
-                    b.to.fail(b.replies, false, &why);
-                }
-                continue;
-            }
-            for b in &batch {
-                match r.q.back_mut() {
-                    Some(last) if Arc::ptr_eq(&last.to, &b.to) => last.left += b.replies,
-                    _ => r.q.push_back(Route {
-                        to: b.to.clone(),
-                        left: b.replies,
-                    }),
-                }
-            }
+        match route(&routes, &mut batch) {
+            None => continue,
+            Some(true) => routed.notify_one(), // the reader's reply deadline starts now
+            Some(false) => {}
         }
         let data: &[u8] = if batch.len() == 1 {
             &batch[0].bytes
@@ -381,8 +559,7 @@ async fn write(
             out = BytesMut::new();
         }
     }
-    // Every handle is gone (or the session broke): close our side; the reader finishes what
-    // is owed, then sees the server close. A batch that raced the break is answered.
+    // The session is closing: a batch that raced it is answered.
     rx.close();
     while let Ok(b) = rx.try_recv() {
         b.to.fail(b.replies, false, "upstream session closed");
@@ -390,74 +567,242 @@ async fn write(
     let _ = wr.shutdown().await;
 }
 
+/// Records where the batch's replies go: whether the session starts owing with it, or `None`
+/// (and every batch answered) once the session is dead.
+fn route(routes: &Mutex<Routes>, batch: &mut Vec<Batch>) -> Option<bool> {
+    let mut r = lock(routes);
+    if let Some(why) = r.dead.clone() {
+        for b in batch.drain(..) {
+            b.to.fail(b.replies, false, &why);
+        }
+        return None;
+    }
+    let starts = r.q.is_empty();
+    if starts {
+        r.owing_since = Some(tokio::time::Instant::now());
+    }
+    for b in batch.iter().filter(|b| b.replies > 0) {
+        match r.q.back_mut() {
+            Some(last) if Arc::ptr_eq(&last.to, &b.to) && !b.apart => last.left += b.replies,
+            _ => r.q.push_back(Route {
+                to: b.to.clone(),
+                left: b.replies,
+            }),
+        }
+    }
+    Some(starts)
+}
+
+/// The start of the reply being read when it is an error, kept to recognise a demotion
+/// (`-READONLY`, `-UNBLOCKED … master -> replica`) however the reply is split across reads.
+#[derive(Default)]
+struct ErrorHead {
+    on: bool,
+    bytes: Vec<u8>,
+}
+
+/// Enough of an error reply to recognise a demotion.
+const ERROR_HEAD: usize = 128;
+
+impl ErrorHead {
+    fn start(&mut self, first: u8) {
+        self.on = first == b'-';
+        self.bytes.clear();
+    }
+
+    fn extend(&mut self, part: &[u8]) {
+        if self.on {
+            let room = ERROR_HEAD.saturating_sub(self.bytes.len()).min(part.len());
+            self.bytes.extend_from_slice(&part[..room]);
+        }
+    }
+
+    fn demotion(&self) -> bool {
+        self.on && proto::engine::demotion(&self.bytes)
+    }
+}
+
 struct Reader {
     rd: ReadHalf<TlsStream<TcpStream>>,
-    leftover: BytesMut,
+    buf: BytesMut,
     routes: Arc<Mutex<Routes>>,
-    retired: Arc<AtomicBool>,
+    /// The writer routed a batch to an empty queue (the reply deadline starts), or the session
+    /// was retired from outside.
+    routed: Arc<Notify>,
+    gate: Arc<Mutex<Gate>>,
     kill: CancellationToken,
-    pool: WeakPool,
-    epoch: watch::Receiver<Epoch>,
-    watch_readonly: bool,
+    truth: watch::Receiver<Truth>,
+    node: Node,
+    at: At,
+    created: Instant,
+    last_used: Arc<AtomicU64>,
+    settings: PoolConfig,
     metrics: ListenerMetrics,
     name: String,
-    peer: SocketAddr,
     _open: Option<GaugeGuard>,
 }
 
-/// Reads replies and hands each run of them to its client, as slices of the read buffer.
-async fn read(mut r: Reader) {
-    let mut scan = Scanner::new(Dir::Reply);
-    let mut buf = std::mem::take(&mut r.leftover);
-    let mut watching = true;
-    // Set once the pool has moved to another node: replies still owed get until then.
-    let mut moved: Option<tokio::time::Instant> = None;
-    let why = loop {
-        if moved.is_some() && lock(&r.routes).q.is_empty() {
-            break "the node changed (failover)".to_owned();
+/// What the reader waits for next.
+enum Event {
+    Read(std::io::Result<usize>),
+    Killed,
+    Moved,
+    Deadline,
+}
+
+impl Reader {
+    fn retire(&self) {
+        lock(&self.gate).open = false;
+    }
+
+    fn owing(&self) -> Option<tokio::time::Instant> {
+        let r = lock(&self.routes);
+        (!r.q.is_empty()).then(|| r.owing_since.unwrap_or_else(tokio::time::Instant::now))
+    }
+
+    /// When the session must act even if nothing is read: the reply deadline while something
+    /// is owed (or the grace after a move), else the end of its idle time or life.
+    fn deadline(
+        &self,
+        last_read: tokio::time::Instant,
+        moved: Option<tokio::time::Instant>,
+    ) -> tokio::time::Instant {
+        if let Some(since) = self.owing() {
+            let d = since.max(last_read) + self.settings.shared_reply_timeout;
+            return moved.map_or(d, |m| m.min(d));
         }
-        if buf.is_empty() {
-            buf.reserve(READ_BUF);
-            let n = tokio::select! {
-                n = r.rd.read_buf(&mut buf) => n,
-                _ = r.kill.cancelled() => break "upstream session failed".to_owned(),
-                changed = r.epoch.changed(), if watching => {
-                    let node = r.epoch.borrow_and_update().node;
-                    if changed.is_err() {
-                        watching = false;
-                    } else if node.is_some_and(|n| n != r.peer) && moved.is_none() {
-                        tracing::debug!(listener = %r.name, peer = %r.peer, "node demoted; retiring the shared session");
-                        r.retired.store(true, Ordering::Relaxed);
-                        moved = Some(tokio::time::Instant::now() + NODE_GRACE);
-                    }
-                    continue;
+        let used = Duration::from_millis(self.last_used.load(Ordering::Relaxed));
+        let idle_end = self.created + used + self.settings.health_interval;
+        let life_end = self.created + self.settings.max_lifetime;
+        idle_end.min(life_end).into()
+    }
+
+    async fn next(&mut self, watching: bool, at: tokio::time::Instant) -> Event {
+        if self.buf.capacity() - self.buf.len() < READ_BUF {
+            self.buf.reserve(READ_BUF);
+        }
+        tokio::select! {
+            n = self.rd.read_buf(&mut self.buf) => Event::Read(n),
+            _ = self.kill.cancelled() => Event::Killed,
+            changed = self.truth.changed(), if watching => {
+                if changed.is_err() || !self.truth.borrow_and_update().holds(&self.at) {
+                    Event::Moved
+                } else {
+                    Event::Deadline // nothing for this session; re-evaluate
                 }
-                _ = tokio::time::sleep_until(moved.unwrap_or_else(tokio::time::Instant::now)), if moved.is_some() => {
-                    break "the node changed (failover) before it answered".to_owned();
-                }
-            };
-            match n {
-                Ok(0) => break "the server closed the connection".to_owned(),
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    break "the server closed the connection".to_owned();
-                }
-                Err(e) => break format!("upstream read failed: {e}"),
-                Ok(_) => {}
             }
+            _ = tokio::time::sleep_until(at) => Event::Deadline,
+            _ = self.routed.notified() => Event::Deadline,
         }
-        let data = buf.split().freeze();
-        r.metrics.to_client.inc_by(data.len() as u64);
-        let mut routes = lock(&r.routes);
-        // `done` replies of the head route end in data[start..i].
+    }
+
+    /// Reads replies and hands each run of them to its receiver, as slices of the read buffer.
+    async fn run(mut self) {
+        let mut scan = Scanner::new(Dir::Reply);
+        let mut head = ErrorHead::default();
+        let mut watching = true;
+        let mut last_read = tokio::time::Instant::now();
+        // Set once the node moved: replies still owed get until then.
+        let mut moved: Option<tokio::time::Instant> = None;
+        let why = loop {
+            let retired = !lock(&self.gate).open;
+            if retired && self.owing().is_none() {
+                break "retired".to_owned();
+            }
+            if self.buf.is_empty() {
+                let at = self.deadline(last_read, moved);
+                match self.next(watching, at).await {
+                    Event::Read(Ok(0)) => break "the server closed the connection".to_owned(),
+                    Event::Read(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        break "the server closed the connection".to_owned();
+                    }
+                    Event::Read(Err(e)) => break format!("upstream read failed: {e}"),
+                    Event::Read(Ok(_)) => last_read = tokio::time::Instant::now(),
+                    Event::Killed => break "upstream session failed".to_owned(),
+                    Event::Moved => {
+                        watching = false;
+                        tracing::debug!(listener = %self.name, peer = %self.at.peer, "node moved; retiring the shared session");
+                        self.retire();
+                        moved = Some(tokio::time::Instant::now() + NODE_GRACE);
+                        continue;
+                    }
+                    Event::Deadline => match self.expired(last_read, moved) {
+                        Some(why) => break why,
+                        None => continue,
+                    },
+                }
+            }
+            if let Err(f) = self.hand_out(&mut scan, &mut head).await {
+                break f;
+            }
+        };
+        let mut routes = lock(&self.routes);
+        tracing::debug!(listener = %self.name, peer = %self.at.peer, owed = routes.q.len(), "shared session ended: {why}");
+        routes.die(why);
+        drop(routes);
+        self.retire();
+        self.kill.cancel();
+    }
+
+    /// Woken without a read: what ends the session now, if anything does.
+    fn expired(
+        &self,
+        last_read: tokio::time::Instant,
+        moved: Option<tokio::time::Instant>,
+    ) -> Option<String> {
+        let now = tokio::time::Instant::now();
+        if now < self.deadline(last_read, moved) {
+            return None; // woken for something else, or the deadline moved on
+        }
+        if self.owing().is_some() {
+            return Some(match moved {
+                Some(m) if now >= m => "the node changed (failover) before it answered".to_owned(),
+                _ => format!(
+                    "no reply from the server for {} (shared_reply_timeout)",
+                    humantime::format_duration(self.settings.shared_reply_timeout)
+                ),
+            });
+        }
+        self.retire(); // idle or old: close now, nothing is owed
+        None
+    }
+
+    /// Splits what was read into replies and delivers each run to its receiver. Err ends the
+    /// session.
+    async fn hand_out(&mut self, scan: &mut Scanner, head: &mut ErrorHead) -> Result<(), String> {
+        let (demoted, behind) = self.deliver(scan, head)?;
+        if demoted {
+            self.demoted();
+        }
+        if let Some(sink) = behind {
+            self.wait_for(&sink).await;
+        }
+        Ok(())
+    }
+
+    /// [`Reader::hand_out`] without the waiting: whether a reply said the node was demoted, and
+    /// a receiver with more queued than [`SHARED_QUEUE_HARD`].
+    fn deliver(
+        &mut self,
+        scan: &mut Scanner,
+        head: &mut ErrorHead,
+    ) -> Result<(bool, Option<Arc<Sink>>), String> {
+        let data = self.buf.split().freeze();
+        self.metrics.to_client.inc_by(data.len() as u64);
+        let mut routes = lock(&self.routes);
+        // `done` replies of the front route end in data[start..i].
         let (mut i, mut start, mut done, mut frame_start) = (0, 0, 0u32, 0);
-        let mut readonly = false;
+        let mut demoted = false;
         let mut fault = None;
+        let mut behind: Option<Arc<Sink>> = None;
         while i < data.len() {
-            let Some(head) = routes.q.front() else {
+            let Some(front) = routes.q.front() else {
                 fault = Some("the server sent a reply nobody asked for".to_owned());
                 break;
             };
-            let whole = scan.at_boundary();
+            if scan.at_boundary() {
+                head.start(data[i]);
+            }
             frame_start = i;
             let (n, complete) = match scan.feed(&data[i..]) {
                 Ok(x) => x,
@@ -466,45 +811,71 @@ async fn read(mut r: Reader) {
                     break;
                 }
             };
+            head.extend(&data[i..i + n]);
             i += n;
             if !complete {
                 break;
             }
-            if r.watch_readonly && whole && data[frame_start..i].starts_with(b"-READONLY") {
-                readonly = true;
-            }
+            demoted |= head.demotion();
             done += 1;
-            if done == head.left {
-                let head = routes.q.pop_front().expect("head checked above");
-                head.to.deliver(data.slice(start..i), done);
+            if done == front.left {
+                let front = routes.q.pop_front().expect("front checked above");
+                front.to.deliver(data.slice(start..i), done);
                 routes.partial = false;
+                if front.to.queued() > SHARED_QUEUE_HARD {
+                    behind = Some(front.to.clone());
+                }
                 (start, done) = (i, 0);
             }
         }
-        // The head's replies completed so far and, unless the stream broke, the start of the
+        // The front's replies completed so far and, unless the stream broke, the start of the
         // one still arriving.
         let upto = if fault.is_some() { frame_start } else { i };
         if start < upto
-            && let Some(head) = routes.q.front_mut()
+            && let Some(front) = routes.q.front_mut()
         {
-            head.to.deliver(data.slice(start..upto), done);
-            head.left -= done;
+            front.to.deliver(data.slice(start..upto), done);
+            front.left -= done;
+            if front.to.queued() > SHARED_QUEUE_HARD {
+                behind = Some(front.to.clone());
+            }
             routes.partial = fault.is_none() && !scan.at_boundary();
         }
-        drop(routes);
-        if let Some(f) = fault {
-            break f;
+        match fault {
+            Some(f) => Err(f),
+            None => Ok((demoted, behind)),
         }
-        if readonly && !r.retired.swap(true, Ordering::Relaxed) {
-            tracing::info!(listener = %r.name, peer = %r.peer, "the node answered as a replica; retiring the shared session");
-            if let Some(p) = r.pool.upgrade() {
-                p.demoted();
+    }
+
+    /// A reply said the node is a replica now: the node authority decides what that means; a
+    /// session that reached a primary is on a demoted node either way, and takes no more.
+    fn demoted(&self) {
+        if self.at.role == Some(super::conn::NodeRole::Primary) {
+            tracing::info!(listener = %self.name, peer = %self.at.peer, "the node answered as a replica; retiring the shared session");
+            self.retire();
+        }
+        self.node.demoted(&self.at);
+    }
+
+    /// A receiver has more than [`SHARED_QUEUE_HARD`] queued: stop reading (the replies behind
+    /// are the others', in the same stream) until it takes some. New batches go to another
+    /// session meanwhile. A receiver that takes nothing for [`SHARED_STALL`] is cut off.
+    async fn wait_for(&self, sink: &Sink) {
+        self.retire();
+        loop {
+            let before = sink.queued();
+            let drained = sink.wait_until(|s| s.queued() < before || s.cut_reason().is_some());
+            match timeout(SHARED_STALL, drained).await {
+                Ok(()) if sink.queued() <= SHARED_QUEUE_HARD / 2 || sink.cut_reason().is_some() => {
+                    return;
+                }
+                Ok(()) => continue,
+                Err(_) => {
+                    tracing::warn!(listener = %self.name, "client disconnected: {}", Cut::Behind.why());
+                    sink.cut(Cut::Behind, 0);
+                    return;
+                }
             }
         }
-    };
-    let mut routes = lock(&r.routes);
-    tracing::debug!(listener = %r.name, peer = %r.peer, owed = routes.q.len(), "shared session ended: {why}");
-    routes.die(why);
-    r.retired.store(true, Ordering::Relaxed);
-    r.kill.cancel();
+    }
 }

@@ -2,6 +2,8 @@
 //! loopback port, the tunnel in-process or as the built binary, and byte-exact RESP reading.
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod fault;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -142,6 +144,26 @@ impl Redis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Stops the process (SIGSTOP): it keeps its sockets open but answers nothing, like a
+    /// node that vanished from the network without a reset.
+    pub fn freeze(&self) {
+        signal_pid(self.child.id(), "STOP");
+    }
+
+    /// Lets a frozen process run again (SIGCONT).
+    pub fn thaw(&self) {
+        signal_pid(self.child.id(), "CONT");
+    }
+}
+
+fn signal_pid(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {pid} failed");
 }
 
 impl Drop for Redis {
@@ -197,10 +219,43 @@ where
     }
 }
 
+/// Names a test moves, as DNS moves an endpoint on failover: each maps to the addresses it
+/// resolves to now (ports included, so that two servers on 127.0.0.1 can stand for two nodes).
+/// Other names go to the system resolver.
+#[derive(Clone, Default)]
+pub struct Names(
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<SocketAddr>>>>,
+);
+
+impl Names {
+    pub fn point(&self, name: &str, to: &[SocketAddr]) {
+        self.0.lock().unwrap().insert(name.to_owned(), to.to_vec());
+    }
+}
+
+impl ectunnel::upstream::Resolve for Names {
+    fn resolve<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'a>,
+    > {
+        let known = self.0.lock().unwrap().get(host).cloned();
+        Box::pin(async move {
+            match known {
+                Some(addrs) => Ok(addrs),
+                None => Ok(tokio::net::lookup_host((host, port)).await?.collect()),
+            }
+        })
+    }
+}
+
 /// The tunnel running in this process, stopped (gracefully) on drop.
 pub struct Tunnel {
     pub addrs: Vec<SocketAddr>,
     pub pools: Vec<ectunnel::upstream::Pool>,
+    pub listeners: Vec<std::sync::Arc<ectunnel::listener::Listener>>,
     pub admin: Option<SocketAddr>,
     pub reloader: ectunnel::server::Reloader,
     stop: Option<oneshot::Sender<()>>,
@@ -209,10 +264,25 @@ pub struct Tunnel {
 
 impl Tunnel {
     pub async fn start(toml: &str) -> Tunnel {
+        Tunnel::start_with(toml, ectunnel::upstream::Resolver::system()).await
+    }
+
+    /// A tunnel whose upstream names resolve with `resolver`. With `ECTUNNEL_TEST_LOG` set (a
+    /// tracing filter such as `debug`), the tunnel's log goes to the test's output.
+    pub async fn start_with(toml: &str, resolver: ectunnel::upstream::Resolver) -> Tunnel {
+        if let Ok(filter) = std::env::var("ECTUNNEL_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         let config = ectunnel::Config::from_toml(toml, "test.toml").expect("valid test config");
-        let server = ectunnel::Server::bind(config).await.expect("bind");
+        let server = ectunnel::Server::bind_with(config, resolver)
+            .await
+            .expect("bind");
         let addrs = server.local_addrs();
-        let pools = server.pools();
+        let listeners = server.listeners();
+        let pools = listeners.iter().map(|l| l.pool.clone()).collect();
         let admin = server.admin_addr();
         let reloader = server.reloader();
         let (tx, rx) = oneshot::channel::<()>();
@@ -222,6 +292,7 @@ impl Tunnel {
         Tunnel {
             addrs,
             pools,
+            listeners,
             admin,
             reloader,
             stop: Some(tx),
@@ -406,12 +477,7 @@ impl Bin {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.pid.to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig} failed");
+        signal_pid(self.pid, sig);
     }
 
     /// Waits for exit; returns the status and all of stderr.

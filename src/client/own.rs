@@ -1,0 +1,545 @@
+//! A client on an upstream session of its own, from the pool or dialled: both directions
+//! forwarded independently through the RESP engine (or, for `protocol = "raw"`, the byte pipe)
+//! until both are done; then the session goes back to the pool when that is safe. A session on
+//! a node that moved is closed at its next reply boundary, so its client reconnects to where the
+//! upstream is now.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{ReadHalf as ClientRead, WriteHalf as ClientWrite};
+use tokio::sync::{Notify, watch};
+use tokio_rustls::client::TlsStream;
+use tokio_util::sync::CancellationToken;
+
+use super::{linger, raw, read_or_eof, refuse};
+use crate::config::Protocol;
+use crate::limits::{MAX_FIFO_ENTRIES, READ_BUF};
+use crate::listener::Handle;
+use crate::lock;
+use crate::ops::metrics::ListenerMetrics;
+use crate::proto::engine::{Entry, Fifo, Op, Replies, Requests};
+use crate::upstream::Truth;
+use crate::upstream::conn::{At, Conn, NodeRole};
+
+/// Where a client starts on a session of its own.
+pub(super) struct Start {
+    /// What it sent that no session has seen yet.
+    pub input: BytesMut,
+    /// When it connected, if nothing was answered yet (for the first-reply histogram).
+    pub first: Option<Instant>,
+    /// It gave the tunnel's password already (`client_auth = "require"`).
+    pub authed: bool,
+    /// What it did to its connection on shared sessions, to do again here first.
+    pub replay: Vec<Bytes>,
+}
+
+impl Start {
+    pub fn fresh(accepted: Instant) -> Start {
+        Start {
+            input: BytesMut::new(),
+            first: Some(accepted),
+            authed: false,
+            replay: Vec::new(),
+        }
+    }
+}
+
+/// Takes a session and serves the client on it until both sides are done.
+pub(super) async fn serve(mut client: TcpStream, peer: SocketAddr, handle: Handle, start: Start) {
+    let l = handle.borrow().clone();
+    l.metrics.own_sessions.inc();
+    let (up, lent) = match l.pool.checkout_own().await {
+        Ok(up) => up,
+        Err(e) => {
+            tracing::warn!(listener = %l.config.name, client = %peer, "{e}");
+            return refuse(client, &e).await;
+        }
+    };
+    let upstream = up.at.peer;
+    let result = match l.config.protocol {
+        Protocol::Raw => raw::forward(&mut client, up, &l.metrics, start.first)
+            .await
+            .map(|(to_up, to_client)| End {
+                to_up,
+                to_client,
+                after: After::Done,
+            }),
+        Protocol::Resp => forward(&mut client, up, &handle, start).await,
+    };
+    let end = match result {
+        Ok(end) => end,
+        Err(e) => {
+            return tracing::debug!(listener = %l.config.name, client = %peer, %upstream,
+                error = %e, "session ended by an error");
+        }
+    };
+    tracing::debug!(listener = %l.config.name, client = %peer, %upstream,
+        to_up = end.to_up, to_client = end.to_client, after = end.after.describe(),
+        "session closed");
+    match end.after {
+        After::Done => {}
+        After::Reuse(up) => {
+            let _ = client.shutdown().await;
+            drop(client);
+            // To the pool it came from: after a reload that one is stopped and closes it.
+            l.pool.give_back(*up, lent).await;
+        }
+        After::Linger => linger(client).await,
+    }
+}
+
+/// How a session ended.
+struct End {
+    to_up: u64,
+    to_client: u64,
+    after: After,
+}
+
+/// What is left to do once both directions have stopped.
+enum After {
+    /// Both sides closed; nothing.
+    Done,
+    /// The client left at a clean boundary: the upstream session may be reused.
+    Reuse(Box<Conn>),
+    /// The tunnel ended it (malformed input, a node that moved): close the client gracefully.
+    Linger,
+}
+
+impl After {
+    fn describe(&self) -> &'static str {
+        match self {
+            After::Done => "closed",
+            After::Reuse(_) => "upstream returned to the pool",
+            After::Linger => "closed by the tunnel",
+        }
+    }
+}
+
+/// How the reply direction ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReplyEnd {
+    /// The server closed; the client was told with a half-close.
+    Eof,
+    /// The client left cleanly and the server owes nothing: reusable.
+    Clean,
+    /// The tunnel ends the session (protocol error sent, or the node moved).
+    Tunnel,
+}
+
+/// What the two directions share. A direction never waits for the other except through this,
+/// so a client that pipelines without reading behaves as it would against Redis.
+struct Link {
+    state: Mutex<LinkState>,
+    /// The reply side freed FIFO room.
+    room: Notify,
+    /// The request side queued something the reply side must act on without a server byte: a
+    /// tunnel reply at the FIFO head, or the client leaving cleanly.
+    wake: Notify,
+    left_clean: AtomicBool,
+    /// The reply side ended the session: stop reading the client.
+    ended: CancellationToken,
+}
+
+struct LinkState {
+    fifo: Fifo,
+    /// The reply side is between frames.
+    reply_boundary: bool,
+    /// The reply side's accounting holds.
+    reply_synced: bool,
+    /// [`Replies::lost`]: when it changes, the request side stops injecting too.
+    reply_lost: u64,
+}
+
+impl Link {
+    fn new() -> Link {
+        Link {
+            state: Mutex::new(LinkState {
+                fifo: Fifo::default(),
+                reply_boundary: true,
+                reply_synced: true,
+                reply_lost: 0,
+            }),
+            room: Notify::new(),
+            wake: Notify::new(),
+            left_clean: AtomicBool::new(false),
+            ended: CancellationToken::new(),
+        }
+    }
+
+    /// Queues entries; wakes the reply side when one needs no server reply to go out.
+    fn push(&self, entries: &mut Vec<Entry>) {
+        if entries.is_empty() {
+            return;
+        }
+        let wake = entries
+            .iter()
+            .any(|e| !matches!(e, Entry::Client(_) | Entry::Swallow(_)));
+        lock(&self.state).fifo.extend(entries.drain(..));
+        if wake {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Waits while a client that sends without reading has too much owed to it.
+    async fn room(&self) -> bool {
+        while lock(&self.state).fifo.len() > MAX_FIFO_ENTRIES {
+            tokio::select! {
+                _ = self.room.notified() => {}
+                _ = self.ended.cancelled() => return false,
+            }
+        }
+        true
+    }
+
+    /// Whether the session is between requests and replies with nothing owed either way.
+    fn idle(&self) -> bool {
+        let s = lock(&self.state);
+        s.fifo.is_empty() && s.reply_boundary && s.reply_synced
+    }
+}
+
+/// `protocol = "resp"`: the two directions, each through its half of the RESP engine, sharing
+/// the reply FIFO through a [`Link`].
+async fn forward(
+    client: &mut TcpStream,
+    up: Conn,
+    handle: &Handle,
+    start: Start,
+) -> io::Result<End> {
+    let Conn {
+        stream,
+        at,
+        leftover,
+        created,
+        open,
+    } = up;
+    let Start {
+        input,
+        first,
+        authed,
+        replay,
+    } = start;
+    let link = Link::new();
+    let (client_rd, client_wr) = client.split();
+    let (up_rd, up_wr) = tokio::io::split(stream);
+    let requests = RequestStart {
+        input,
+        authed,
+        replay,
+    };
+    let ((to_up, up_wr), (to_client, end, up_rd)) = tokio::try_join!(
+        send_requests(&link, client_rd, up_wr, handle.clone(), requests),
+        send_replies(&link, client_wr, up_rd, handle.clone(), at, leftover, first)
+    )?;
+    let after = match end {
+        ReplyEnd::Eof => After::Done,
+        ReplyEnd::Tunnel => After::Linger,
+        ReplyEnd::Clean => After::Reuse(Box::new(Conn {
+            stream: up_rd.unsplit(up_wr),
+            at,
+            leftover: BytesMut::new(),
+            created,
+            open,
+        })),
+    };
+    Ok(End {
+        to_up,
+        to_client,
+        after,
+    })
+}
+
+/// What the request side starts from (the reply side takes `first`).
+struct RequestStart {
+    input: BytesMut,
+    authed: bool,
+    replay: Vec<Bytes>,
+}
+
+type UpWrite = WriteHalf<TlsStream<TcpStream>>;
+type UpRead = ReadHalf<TlsStream<TcpStream>>;
+
+/// Client → server: reads the client, runs the request engine, writes upstream. Ends when the
+/// client is done sending (passing the half-close on, unless the session can be reused), or when
+/// the reply side ended the session.
+async fn send_requests(
+    link: &Link,
+    mut client: ClientRead<'_>,
+    mut up: UpWrite,
+    mut handle: Handle,
+    start: RequestStart,
+) -> io::Result<(u64, UpWrite)> {
+    let (l, m) = {
+        let l = handle.borrow_and_update();
+        (l.config.clone(), l.metrics.clone())
+    };
+    let mut requests = Requests::new(l.client_auth.clone(), l.auth.clone());
+    if start.authed {
+        requests.set_authed();
+    }
+    let (mut ops, mut entries) = (Vec::new(), Vec::new());
+    // What the client did on shared sessions comes first, then what it sent meanwhile.
+    requests.replay(&start.replay, &mut ops, &mut entries);
+    link.push(&mut entries);
+    let mut total = write_ops(&mut up, &[], &mut ops, &m.to_upstream).await?;
+    let mut unread = !start.input.is_empty();
+    let mut buf = start.input;
+    let mut lost = 0;
+    loop {
+        if buf.capacity() - buf.len() < READ_BUF / 4 {
+            buf.reserve(READ_BUF);
+        }
+        if !link.room().await {
+            return Ok((total, up));
+        }
+        let now_lost = lock(&link.state).reply_lost;
+        if now_lost != lost {
+            lost = now_lost;
+            requests.set_unsynced();
+        }
+        if handle.has_changed().unwrap_or(false) {
+            // A reload: a RESET from now on is followed by the new credentials.
+            requests.set_inject(handle.borrow_and_update().config.auth.clone());
+        }
+        let n = if std::mem::take(&mut unread) {
+            buf.len()
+        } else {
+            tokio::select! {
+                r = client.read_buf(&mut buf) => r?,
+                _ = link.ended.cancelled() => return Ok((total, up)),
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        let progress = requests.process(&buf, &mut ops, &mut entries);
+        link.push(&mut entries);
+        total += write_ops(&mut up, &buf, &mut ops, &m.to_upstream).await?;
+        buf.advance(progress.consumed);
+        if progress.stop {
+            // Nothing more is read from this client. The server answers what it got and,
+            // seeing EOF (even mid-frame), closes; the error is sent after those replies.
+            tracing::debug!(listener = %l.name, "malformed client input; closing after the pending replies");
+            up.shutdown().await?;
+            return Ok((total, up));
+        }
+    }
+    // The client is done sending. If nothing is owed either way, keep the upstream session
+    // open for the next client; otherwise pass the half-close on, as a direct connection
+    // would, so the replies still owed are delivered.
+    if l.pool.reuse && requests.at_clean_boundary() && link.idle() {
+        link.left_clean.store(true, Ordering::Release);
+        link.wake.notify_one();
+    } else {
+        up.shutdown().await?;
+    }
+    Ok((total, up))
+}
+
+/// What the reply side is waiting for.
+enum Wait {
+    Read(io::Result<usize>),
+    Woken,
+    /// The node authority (or a reload) may say this session is no longer on the upstream.
+    Truth,
+}
+
+/// Server → client: reads the server, runs the reply engine, writes to the client. Ends when
+/// the server closes, when the client left cleanly, or when the tunnel ends the session (a
+/// protocol error sent, or a node that moved, at the next reply boundary).
+async fn send_replies(
+    link: &Link,
+    client: ClientWrite<'_>,
+    up: UpRead,
+    handle: Handle,
+    at: At,
+    leftover: BytesMut,
+    first: Option<Instant>,
+) -> io::Result<(u64, ReplyEnd, UpRead)> {
+    let (name, m, truth) = {
+        let l = handle.borrow();
+        (l.config.name.clone(), l.metrics.clone(), l.node.watch())
+    };
+    let mut side = ReplySide {
+        link,
+        client,
+        up,
+        handle,
+        truth,
+        at,
+        name,
+        m,
+        replies: Replies::new(),
+        buf: BytesMut::with_capacity(READ_BUF),
+        ops: Vec::new(),
+        total: 0,
+        draining: false,
+        first,
+    };
+    side.buf.extend_from_slice(&leftover);
+    let end = loop {
+        let step = if side.buf.is_empty() {
+            side.wait().await?
+        } else {
+            side.forward().await?
+        };
+        if let Some(end) = step {
+            break end;
+        }
+    };
+    match end {
+        ReplyEnd::Eof => side.client.shutdown().await?,
+        ReplyEnd::Clean => {}
+        ReplyEnd::Tunnel => link.ended.cancel(),
+    }
+    Ok((side.total, end, side.up))
+}
+
+/// The reply direction's state.
+struct ReplySide<'a, 'c> {
+    link: &'a Link,
+    client: ClientWrite<'c>,
+    up: UpRead,
+    handle: Handle,
+    truth: watch::Receiver<Truth>,
+    at: At,
+    name: String,
+    m: ListenerMetrics,
+    replies: Replies,
+    buf: BytesMut,
+    ops: Vec<Op>,
+    total: u64,
+    /// The node moved: end at the next reply boundary.
+    draining: bool,
+    first: Option<Instant>,
+}
+
+impl ReplySide<'_, '_> {
+    /// Nothing read is waiting: acts on the next event.
+    async fn wait(&mut self) -> io::Result<Option<ReplyEnd>> {
+        let wait = tokio::select! {
+            r = self.up.read_buf(&mut self.buf) => Wait::Read(r),
+            _ = self.link.wake.notified() => Wait::Woken,
+            _ = self.truth.changed(), if !self.draining => Wait::Truth,
+            _ = self.handle.changed(), if !self.draining => Wait::Truth,
+        };
+        match wait {
+            Wait::Read(r) => {
+                if read_or_eof(r)? > 0 {
+                    return Ok(None);
+                }
+                // Replies owed will not come; the tunnel's own still go out.
+                let close = self
+                    .replies
+                    .at_eof(&mut lock(&self.link.state).fifo, &mut self.ops);
+                self.write(&[]).await?;
+                self.link.room.notify_one();
+                Ok(Some(if close {
+                    ReplyEnd::Tunnel
+                } else {
+                    ReplyEnd::Eof
+                }))
+            }
+            Wait::Woken => {
+                if self.link.left_clean.load(Ordering::Acquire) {
+                    return Ok(Some(ReplyEnd::Clean));
+                }
+                if !self.replies.at_boundary() {
+                    return Ok(None);
+                }
+                let close = self
+                    .replies
+                    .emit_ready(&mut lock(&self.link.state).fifo, &mut self.ops);
+                self.link.room.notify_one();
+                self.write(&[]).await?;
+                Ok(close.then_some(ReplyEnd::Tunnel))
+            }
+            Wait::Truth => {
+                self.truth = self.handle.borrow_and_update().node.watch();
+                if self.truth.borrow_and_update().holds(&self.at) {
+                    return Ok(None);
+                }
+                tracing::debug!(listener = %self.name, peer = %self.at.peer, "node moved; closing at the next reply boundary");
+                self.draining = true;
+                Ok(self.replies.at_boundary().then_some(ReplyEnd::Tunnel))
+            }
+        }
+    }
+
+    /// Runs what was read through the reply engine and writes the result to the client.
+    async fn forward(&mut self) -> io::Result<Option<ReplyEnd>> {
+        let progress = {
+            let mut s = lock(&self.link.state);
+            let p = self.replies.process(&self.buf, &mut s.fifo, &mut self.ops);
+            s.reply_boundary = self.replies.at_boundary();
+            s.reply_synced = self.replies.is_synced();
+            s.reply_lost = self.replies.lost();
+            p
+        };
+        self.link.room.notify_one();
+        for e in &progress.injected_errors {
+            tracing::warn!(listener = %self.name, "the server refused a command the tunnel sent for the client (the re-AUTH after RESET, or a replayed one): {e}");
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let written = self.write(&buf).await?;
+        self.buf = buf;
+        self.buf.clear();
+        if written > 0
+            && let Some(t) = self.first.take()
+        {
+            self.m.first_reply.observe(t.elapsed().as_secs_f64());
+        }
+        if progress.close {
+            return Ok(Some(ReplyEnd::Tunnel));
+        }
+        if progress.demoted {
+            self.handle.borrow().node.demoted(&self.at);
+            // A session that reached a primary is on a demoted node; a replica answers writes
+            // with READONLY as a matter of course.
+            if self.at.role == Some(NodeRole::Primary) {
+                tracing::info!(listener = %self.name, peer = %self.at.peer, "the node answered as a replica; closing this session");
+                self.draining = true;
+            }
+        }
+        Ok((self.draining && self.replies.at_boundary()).then_some(ReplyEnd::Tunnel))
+    }
+
+    async fn write(&mut self, buf: &[u8]) -> io::Result<u64> {
+        let n = write_ops(&mut self.client, buf, &mut self.ops, &self.m.to_client).await?;
+        self.total += n;
+        Ok(n)
+    }
+}
+
+/// Writes the engine's output in order: ranges of `buf`, or bytes the tunnel made; then
+/// flushes, since a TLS writer may keep encrypted bytes back when the socket is full and
+/// nothing else would push them out while the session waits for more input.
+async fn write_ops<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    buf: &[u8],
+    ops: &mut Vec<Op>,
+    bytes: &Counter,
+) -> io::Result<u64> {
+    let mut total = 0;
+    for op in ops.drain(..) {
+        let data: &[u8] = match &op {
+            Op::Fwd(r) => &buf[r.clone()],
+            Op::Bytes(b) => b,
+        };
+        w.write_all(data).await?;
+        total += data.len() as u64;
+    }
+    if total > 0 {
+        w.flush().await?;
+    }
+    bytes.inc_by(total);
+    Ok(total)
+}

@@ -1,0 +1,63 @@
+//! A listener's running state: its configuration, the node authority, the pool and the shared
+//! sessions. Clients hold a [`Handle`], a `watch` of the *current* listener, never a copy: after a
+//! reload, whatever a connected client dials uses the new configuration.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ListenerConfig;
+use crate::ops::metrics::ListenerMetrics;
+use crate::upstream::mux::Mux;
+use crate::upstream::{Node, Pool, Resolver};
+
+/// What a client task holds: the listener as it is now.
+pub type Handle = watch::Receiver<Arc<Listener>>;
+
+pub struct Listener {
+    pub config: Arc<ListenerConfig>,
+    pub node: Node,
+    pub pool: Pool,
+    pub mux: Mux,
+    pub metrics: ListenerMetrics,
+    stop: CancellationToken,
+}
+
+impl Listener {
+    /// Starts the node authority and the pool, which begins dialling at once.
+    pub fn start(config: ListenerConfig, resolver: Resolver, metrics: ListenerMetrics) -> Listener {
+        let config = Arc::new(config);
+        let stop = CancellationToken::new();
+        let node = Node::start(
+            config.clone(),
+            resolver.clone(),
+            metrics.clone(),
+            stop.clone(),
+        );
+        let pool = Pool::start(
+            config.clone(),
+            resolver,
+            node.clone(),
+            metrics.clone(),
+            stop.clone(),
+        );
+        let mux = Mux::new(config.pool.clone(), metrics.clone(), config.name.clone());
+        Listener {
+            config,
+            node,
+            pool,
+            mux,
+            metrics,
+            stop,
+        }
+    }
+
+    /// Stops its background work (the node's checks, the pool's refills; idle sessions close)
+    /// and retires its shared sessions, whose clients move to the listener that replaces it.
+    /// Sessions of a client's own finish with their clients.
+    pub fn stop(&self) {
+        self.stop.cancel();
+        self.mux.retire_all();
+    }
+}

@@ -1,0 +1,204 @@
+//! Following the upstream: a failover under the shipped config (no `role`; the endpoint name
+//! moves, as ElastiCache's primary endpoint does), a demotion seen in a reply split across
+//! reads, and a node that vanishes without a reset.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::fault::{Mode, Relay};
+use common::*;
+use ectunnel::upstream::Resolver;
+
+const TOKEN: &str = "failover-token-0123456789";
+
+/// The name the tunnel is pointed at, as the primary endpoint of a replication group.
+const ENDPOINT: &str = "master.test";
+
+fn config(pki: &Pki, upstream: &str, extra: &str) -> String {
+    format!(
+        "connect_timeout = \"2s\"\n[tls]\nca_file = \"{}\"\nserver_name = \"localhost\"\n[auth]\npassword = \"{TOKEN}\"\n[[listener]]\nname = \"primary\"\nlisten = \"127.0.0.1:0\"\nupstream = {upstream}\n{extra}",
+        pki.ca.display()
+    )
+}
+
+/// A primary A and its replica B over TLS, both requiring [`TOKEN`], B in sync.
+async fn primary_and_replica() -> (Pki, Redis, Redis) {
+    let pki = pki(&["localhost"]);
+    let auth = [
+        "--requirepass",
+        TOKEN,
+        "--masterauth",
+        TOKEN,
+        "--tls-replication",
+        "yes",
+    ];
+    let a = Redis::start(&pki, &auth);
+    let a_port = a.port.to_string();
+    let b = Redis::start(
+        &pki,
+        &[&auth[..], &["--replicaof", "127.0.0.1", &a_port]].concat(),
+    );
+    eventually("the replica in sync", || async {
+        let mut d = direct(&a, &pki, TOKEN).await;
+        roundtrip(&mut d, &cmd(&["INFO", "replication"]))
+            .await
+            .contains("state=online")
+    })
+    .await;
+    (pki, a, b)
+}
+
+async fn role(redis: &Redis, pki: &Pki) -> String {
+    let mut d = direct(redis, pki, TOKEN).await;
+    roundtrip(&mut d, &cmd(&["ROLE"])).await
+}
+
+/// Writes with `c` until one lands (`+OK`) and returns how many `-READONLY` it got first;
+/// fails if that takes more than 3 s.
+async fn writes_until_ok(c: &mut tokio::net::TcpStream, since: Instant) -> usize {
+    let mut readonly = 0;
+    loop {
+        let got = roundtrip(c, &cmd(&["SET", "k", "after"])).await;
+        if got == "+OK\r\n" {
+            return readonly;
+        }
+        assert!(got.starts_with("-READONLY"), "{got}");
+        readonly += 1;
+        assert!(
+            since.elapsed() < Duration::from_secs(3),
+            "still refused after 3 s ({readonly} READONLY)"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_failover_is_followed_under_the_shipped_config() {
+    let (pki, a, b) = primary_and_replica().await;
+    let names = Names::default();
+    names.point(ENDPOINT, &[a.addr().parse().unwrap()]);
+    let upstream = format!("\"{ENDPOINT}:6379\"");
+    let tunnel =
+        Tunnel::start_with(&config(&pki, &upstream, ""), Resolver::new(names.clone())).await;
+    // A client on shared sessions, and one on a session of its own (SELECT).
+    let mut shared = connect(tunnel.addr()).await;
+    assert_eq!(
+        roundtrip(&mut shared, &cmd(&["SET", "k", "before"])).await,
+        "+OK\r\n"
+    );
+    let mut own = connect(tunnel.addr()).await;
+    assert_eq!(roundtrip(&mut own, &cmd(&["SELECT", "0"])).await, "+OK\r\n");
+    assert_eq!(
+        roundtrip(&mut own, &cmd(&["SET", "k", "before"])).await,
+        "+OK\r\n"
+    );
+
+    // A coordinated failover to B; the endpoint name moves to it.
+    let mut da = direct(&a, &pki, TOKEN).await;
+    assert_eq!(roundtrip(&mut da, &cmd(&["FAILOVER"])).await, "+OK\r\n");
+    names.point(ENDPOINT, &[b.addr().parse().unwrap()]);
+    eventually("A demoted", || async {
+        role(&a, &pki).await.contains("slave")
+    })
+    .await;
+    let moved = Instant::now();
+
+    // New connections write to B within 3 s.
+    loop {
+        let mut c = connect(tunnel.addr()).await;
+        let got = roundtrip(&mut c, &cmd(&["SET", "k", "after"])).await;
+        if got == "+OK\r\n" {
+            break;
+        }
+        assert!(got.starts_with("-READONLY"), "{got}");
+        assert!(
+            moved.elapsed() < Duration::from_secs(3),
+            "new clients still refused after 3 s"
+        );
+    }
+    // The persistent shared client, without reconnecting: at most one READONLY.
+    let refused = writes_until_ok(&mut shared, moved).await;
+    assert!(refused <= 1, "{refused} READONLY");
+    let mut db = direct(&b, &pki, TOKEN).await;
+    assert_eq!(
+        roundtrip(&mut db, &cmd(&["GET", "k"])).await,
+        "$5\r\nafter\r\n"
+    );
+    // The client on a session of its own is closed (after at most one READONLY), as the node
+    // would close it; reconnecting reaches B.
+    let rest = match tokio::time::timeout(WAIT, async {
+        use tokio::io::AsyncWriteExt;
+        let _ = own.write_all(&cmd(&["SET", "k", "pinned"])).await;
+        read_to_close(&mut own).await
+    })
+    .await
+    {
+        Ok(r) => r.unwrap_or_default(),
+        Err(_) => panic!("the pinned client was not closed"),
+    };
+    assert!(
+        rest.is_empty() || rest == "-READONLY You can't write against a read only replica.\r\n",
+        "{rest}"
+    );
+    let m = tunnel.pools[0].metrics();
+    assert!(m.failovers.get() >= 1, "the move was not counted");
+}
+
+#[tokio::test]
+async fn a_demotion_in_a_reply_split_across_reads_is_seen() {
+    let (pki, a, b) = primary_and_replica().await;
+    // A's replies reach the tunnel one byte at a time.
+    let relay = Relay::start(a.addr().parse().unwrap()).await;
+    let upstream = format!("[\"{}\", \"localhost:{}\"]", relay.addr, b.port);
+    let tunnel = Tunnel::start(&config(&pki, &upstream, "role = \"primary\"")).await;
+    let mut c = connect(tunnel.addr()).await;
+    assert_eq!(
+        roundtrip(&mut c, &cmd(&["SET", "k", "before"])).await,
+        "+OK\r\n"
+    );
+    relay.set(Mode::Drip);
+    // B becomes the primary and A its replica, by hand.
+    let mut db = direct(&b, &pki, TOKEN).await;
+    assert_eq!(
+        roundtrip(&mut db, &cmd(&["REPLICAOF", "NO", "ONE"])).await,
+        "+OK\r\n"
+    );
+    let mut da = direct(&a, &pki, TOKEN).await;
+    let b_port = b.port.to_string();
+    let demote = cmd(&["REPLICAOF", "127.0.0.1", &b_port]);
+    assert_eq!(roundtrip(&mut da, &demote).await, "+OK\r\n");
+    let refused = writes_until_ok(&mut c, Instant::now()).await;
+    assert!(refused <= 1, "{refused} READONLY");
+    assert_eq!(
+        roundtrip(&mut db, &cmd(&["GET", "k"])).await,
+        "$5\r\nafter\r\n"
+    );
+}
+
+#[tokio::test]
+async fn a_node_that_stops_answering_fails_its_shared_clients_in_time() {
+    let pki = pki(&["localhost"]);
+    let redis = Redis::start(&pki, &["--requirepass", TOKEN]);
+    let relay = Relay::start(redis.addr().parse().unwrap()).await;
+    let upstream = format!("\"{}\"", relay.addr);
+    let pool = "[listener.pool]\nmin_idle = 1\nshared_reply_timeout = \"500ms\"";
+    let tunnel = Tunnel::start(&config(&pki, &upstream, pool)).await;
+    let mut c = connect(tunnel.addr()).await;
+    assert_eq!(roundtrip(&mut c, &cmd(&["SET", "k", "v"])).await, "+OK\r\n");
+    // Nothing comes back, and nothing resets the connection either.
+    relay.set(Mode::Hold);
+    let asked = Instant::now();
+    let got = roundtrip(&mut c, &cmd(&["GET", "k"])).await;
+    assert!(
+        got.starts_with("-ERR ectunnel: ") && got.contains("no reply from the server for 500ms"),
+        "{got}"
+    );
+    let waited = asked.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    // The client is still connected; once the network is back it is served by a fresh session.
+    relay.set(Mode::Pass);
+    assert_eq!(roundtrip(&mut c, &cmd(&["GET", "k"])).await, "$1\r\nv\r\n");
+}

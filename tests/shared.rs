@@ -1,0 +1,222 @@
+//! Shared upstream sessions judged against what a direct connection shows: big pipelines,
+//! connection-naming clients, RESP3 clients, WAIT, inline requests Redis refuses.
+
+mod common;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TOKEN: &str = "shared-token-0123456789abcdef";
+
+fn config(pki: &Pki, upstream: &str, pool: &str) -> String {
+    format!(
+        "connect_timeout = \"2s\"\n[tls]\nca_file = \"{}\"\n[auth]\npassword = \"{TOKEN}\"\n[pool]\n{pool}\n[[listener]]\nname = \"primary\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\n",
+        pki.ca.display()
+    )
+}
+
+async fn shared_tunnel(pool: &str) -> (Pki, Redis, Tunnel) {
+    let pki = pki(&["localhost"]);
+    let redis = Redis::start(&pki, &["--requirepass", TOKEN]);
+    let tunnel = Tunnel::start(&config(&pki, &format!("localhost:{}", redis.port), pool)).await;
+    (pki, redis, tunnel)
+}
+
+#[tokio::test]
+async fn a_client_that_writes_a_whole_pipeline_before_reading_completes() {
+    let (_pki, _redis, tunnel) = shared_tunnel("min_idle = 1").await;
+    let mut c = connect(tunnel.addr()).await;
+    let value = "v".repeat(100);
+    assert_eq!(
+        roundtrip(&mut c, &cmd(&["SET", "k", &value])).await,
+        "+OK\r\n"
+    );
+    // 300,000 GETs (6.6 MB of requests, 33 MB of replies) written in one go, then read: more
+    // than the socket buffers hold either way, as hiredis-style blocking pipelines do.
+    const N: usize = 300_000;
+    let pipeline: Vec<u8> = cmd(&["GET", "k"]).repeat(N);
+    let reply = format!("${}\r\n{value}\r\n", value.len()).into_bytes();
+    let (mut rd, mut wr) = c.into_split();
+    let written = tokio::time::timeout(WAIT * 3, async {
+        wr.write_all(&pipeline).await.unwrap();
+        wr
+    })
+    .await;
+    let Ok(_wr) = written else {
+        panic!("the tunnel stopped reading a client that writes before it reads");
+    };
+    let mut got = vec![0u8; reply.len() * N];
+    tokio::time::timeout(WAIT * 3, rd.read_exact(&mut got))
+        .await
+        .expect("replies timed out")
+        .unwrap();
+    assert!(got.chunks(reply.len()).all(|r| r == reply));
+}
+
+/// A client library's connect sequence: name and library info, then data commands.
+#[tokio::test]
+async fn clients_that_name_their_connection_still_share() {
+    let (_pki, _redis, tunnel) = shared_tunnel("min_idle = 1").await;
+    let own = &tunnel.pools[0].metrics().own_sessions;
+    let mut c = connect(tunnel.addr()).await;
+    let setinfo = roundtrip(&mut c, &cmd(&["CLIENT", "SETINFO", "LIB-NAME", "redis-py"])).await;
+    // What the server says to SETINFO (7.0 does not know it) is what the client gets.
+    assert!(
+        setinfo == "+OK\r\n" || setinfo.starts_with("-ERR unknown subcommand"),
+        "{setinfo}"
+    );
+    assert_eq!(
+        roundtrip(&mut c, &cmd(&["CLIENT", "SETNAME", "app-1"])).await,
+        "+OK\r\n"
+    );
+    assert_eq!(roundtrip(&mut c, &cmd(&["SET", "k", "v"])).await, "+OK\r\n");
+    assert_eq!(
+        roundtrip(&mut c, &cmd(&["CLIENT", "GETNAME"])).await,
+        "$5\r\napp-1\r\n"
+    );
+    assert_eq!(roundtrip(&mut c, &cmd(&["GET", "k"])).await, "$1\r\nv\r\n");
+    assert_eq!(
+        own.get(),
+        0,
+        "naming the connection took a session of its own"
+    );
+    // A name Redis refuses is refused the same way.
+    assert_eq!(
+        roundtrip(&mut c, &cmd(&["CLIENT", "SETNAME", "a b"])).await,
+        "-ERR Client names cannot contain spaces, newlines or special characters.\r\n"
+    );
+    // Once it needs a session of its own, the name goes with it.
+    assert_eq!(roundtrip(&mut c, &cmd(&["SELECT", "0"])).await, "+OK\r\n");
+    assert_eq!(own.get(), 1);
+    assert_eq!(
+        roundtrip(&mut c, &cmd(&["CLIENT", "GETNAME"])).await,
+        "$5\r\napp-1\r\n"
+    );
+    let info = roundtrip(&mut c, &cmd(&["CLIENT", "INFO"])).await;
+    assert!(info.contains(" name=app-1 "), "{info}");
+}
+
+#[tokio::test]
+async fn resp3_clients_share_resp3_sessions() {
+    let (_pki, _redis, tunnel) = shared_tunnel("min_idle = 1").await;
+    let own = &tunnel.pools[0].metrics().own_sessions;
+    let mut c = connect(tunnel.addr()).await;
+    let hello = roundtrip(&mut c, &cmd(&["HELLO", "3"])).await;
+    assert!(
+        hello.starts_with("%7\r\n") && hello.contains("proto\r\n:3\r\n"),
+        "{hello}"
+    );
+    assert_eq!(
+        roundtrip(&mut c, &cmd(&["HSET", "h", "f", "v"])).await,
+        ":1\r\n"
+    );
+    assert_eq!(
+        roundtrip(&mut c, &cmd(&["HGETALL", "h"])).await,
+        "%1\r\n$1\r\nf\r\n$1\r\nv\r\n"
+    );
+    assert_eq!(roundtrip(&mut c, &cmd(&["GET", "missing"])).await, "_\r\n");
+    // A RESP2 client at the same time still gets RESP2.
+    let mut two = connect(tunnel.addr()).await;
+    assert_eq!(
+        roundtrip(&mut two, &cmd(&["HGETALL", "h"])).await,
+        "*2\r\n$1\r\nf\r\n$1\r\nv\r\n"
+    );
+    assert_eq!(own.get(), 0, "HELLO 3 took a session of its own");
+}
+
+/// An inline request longer than Redis accepts: Redis answers it with a protocol error and
+/// closes the connection, which must be the client's own, never a shared one.
+#[tokio::test]
+async fn an_inline_request_redis_refuses_never_reaches_a_shared_session() {
+    let (pki, redis, tunnel) = shared_tunnel("min_idle = 1\nmultiplex = 1").await;
+    let mut other = connect(tunnel.addr()).await;
+    assert_eq!(roundtrip(&mut other, &cmd(&["PING"])).await, "+PONG\r\n");
+    let mut d = direct(&redis, &pki, TOKEN).await;
+    let shared_ids = |list: String| -> Vec<String> {
+        list.lines()
+            .filter(|l| l.contains(" cmd=ping "))
+            .filter_map(|l| {
+                l.split(' ')
+                    .find_map(|f| f.strip_prefix("id="))
+                    .map(str::to_owned)
+            })
+            .collect()
+    };
+    let before = shared_ids(roundtrip(&mut d, &cmd(&["CLIENT", "LIST"])).await);
+    assert_eq!(before.len(), 1, "{before:?}");
+    let mut big = connect(tunnel.addr()).await;
+    let line = format!("SET k {}\r\n", "x".repeat(100 * 1024));
+    big.write_all(line.as_bytes()).await.unwrap();
+    let got = read_to_close(&mut big).await.unwrap_or_default();
+    assert!(
+        got.starts_with("-ERR Protocol error: too big inline request"),
+        "{got}"
+    );
+    let after = roundtrip(&mut d, &cmd(&["CLIENT", "LIST"])).await;
+    assert!(
+        after.contains(&format!("id={} ", before[0])),
+        "the shared session was closed:\n{after}"
+    );
+    assert_eq!(roundtrip(&mut other, &cmd(&["PING"])).await, "+PONG\r\n");
+}
+
+/// A primary with one replica, both requiring [`TOKEN`].
+fn primary_and_replica() -> (Pki, Redis, Redis) {
+    let pki = pki(&["localhost"]);
+    let auth = [
+        "--requirepass",
+        TOKEN,
+        "--masterauth",
+        TOKEN,
+        "--tls-replication",
+        "yes",
+    ];
+    let a = Redis::start(&pki, &auth);
+    let a_port = a.port.to_string();
+    let b = Redis::start(
+        &pki,
+        &[&auth[..], &["--replicaof", "127.0.0.1", &a_port]].concat(),
+    );
+    (pki, a, b)
+}
+
+async fn wait_for_replica(a: &Redis, pki: &Pki) {
+    eventually("the replica online", || async {
+        let mut d = direct(a, pki, TOKEN).await;
+        roundtrip(&mut d, &cmd(&["INFO", "replication"]))
+            .await
+            .contains("state=online")
+    })
+    .await;
+}
+
+/// `WAIT` counts the replicas that acknowledged this client's writes, even when they were made
+/// on a shared session.
+#[tokio::test]
+async fn wait_counts_acknowledgements_of_the_clients_own_writes() {
+    let (pki, a, b) = primary_and_replica();
+    wait_for_replica(&a, &pki).await;
+    let tunnel = Tunnel::start(&config(
+        &pki,
+        &format!("localhost:{}", a.port),
+        "min_idle = 1",
+    ))
+    .await;
+    // A replica that answers nothing has acknowledged nothing.
+    b.freeze();
+    let mut c = connect(tunnel.addr()).await;
+    assert_eq!(roundtrip(&mut c, &cmd(&["SET", "k", "1"])).await, "+OK\r\n");
+    let waited = std::time::Instant::now();
+    let got = roundtrip(&mut c, &cmd(&["WAIT", "1", "300"])).await;
+    b.thaw();
+    assert_eq!(
+        got, ":0\r\n",
+        "WAIT said a write made on a shared session was replicated"
+    );
+    assert!(waited.elapsed() >= std::time::Duration::from_millis(250));
+    // Once it answers, the write is acknowledged.
+    assert_eq!(
+        roundtrip(&mut c, &cmd(&["WAIT", "1", "5000"])).await,
+        ":1\r\n"
+    );
+}
