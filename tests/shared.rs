@@ -220,3 +220,41 @@ async fn wait_counts_acknowledgements_of_the_clients_own_writes() {
         ":1\r\n"
     );
 }
+
+/// When the upstream stops answering, the clients that need a shared session at that moment
+/// wait on one dial, not on one each in turn.
+#[tokio::test]
+async fn clients_arriving_at_an_outage_share_one_dial() {
+    use common::fault::{Mode, Relay};
+    let pki = pki(&["localhost"]);
+    let redis = Redis::start(&pki, &["--requirepass", TOKEN]);
+    let relay = Relay::start(redis.addr().parse().unwrap()).await;
+    let toml = format!(
+        "connect_timeout = \"500ms\"\n[tls]\nca_file = \"{}\"\nserver_name = \"localhost\"\n[auth]\npassword = \"{TOKEN}\"\n[pool]\nmin_idle = 0\nmultiplex = 1\nshared_reply_timeout = \"300ms\"\n[[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\n",
+        pki.ca.display(),
+        relay.addr
+    );
+    let tunnel = Tunnel::start(&toml).await;
+    let mut c = connect(tunnel.addr()).await;
+    assert_eq!(roundtrip(&mut c, &cmd(&["PING"])).await, "+PONG\r\n");
+    relay.set(Mode::Hold);
+    let got = roundtrip(&mut c, &cmd(&["PING"])).await;
+    assert!(got.contains("no reply from the server"), "{got}");
+    // Six clients at once, each needing the slot's (now dead) session replaced.
+    let started = std::time::Instant::now();
+    let clients: Vec<_> = (0..6)
+        .map(|_| {
+            let addr = tunnel.addr();
+            tokio::spawn(async move {
+                let mut c = connect(addr).await;
+                read_to_close(&mut c).await.unwrap_or_default()
+            })
+        })
+        .collect();
+    for c in clients {
+        let got = c.await.unwrap();
+        assert!(got.starts_with("-ERR ectunnel: tls "), "{got}");
+    }
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_millis(1500), "{took:?}");
+}

@@ -958,6 +958,24 @@ mod tests {
     }
 
     #[test]
+    fn keepalive_and_the_shared_reply_deadline() {
+        let c = Config::from_toml(MIN, "t.toml").unwrap();
+        let l = &c.listeners[0];
+        assert_eq!(l.keepalive, Some(DEFAULT_TCP_KEEPALIVE));
+        assert_eq!(l.pool.shared_reply_timeout, Duration::from_secs(30));
+        let text = format!("tcp_keepalive = \"0s\"\n[pool]\nshared_reply_timeout = \"2s\"\n{MIN}");
+        let c = Config::from_toml(&text, "t.toml").unwrap();
+        let l = &c.listeners[0];
+        assert_eq!(l.keepalive, None, "0s turns keepalive off");
+        assert_eq!(l.pool.shared_reply_timeout, Duration::from_secs(2));
+        let e = err(&format!("[pool]\nshared_reply_timeout = \"0s\"\n{MIN}"));
+        assert_eq!(
+            e,
+            "t.toml:2: pool.shared_reply_timeout: must be more than 0s"
+        );
+    }
+
+    #[test]
     fn upstream_forms() {
         let p = |s: &str| s.parse::<UpstreamAddr>();
         assert_eq!(p("[::1]:6379").unwrap().to_string(), "[::1]:6379");

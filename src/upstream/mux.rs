@@ -19,6 +19,7 @@
 //! moved, has not answered within [`NODE_GRACE`].
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -436,6 +437,7 @@ impl Starter {
         let (rd, wr) = tokio::io::split(up.stream);
         tracing::debug!(listener = %self.name, peer = %up.at.peer, proto = ?self.proto, "shared session started");
         let m = self.metrics.clone();
+        let sleep = Box::pin(tokio::time::sleep(self.settings.max_lifetime));
         tokio::spawn(write(
             wr,
             rx,
@@ -460,6 +462,7 @@ impl Starter {
                 settings: self.settings,
                 metrics: self.metrics,
                 name: self.name,
+                sleep,
                 _open: up.open,
             }
             .run(),
@@ -639,6 +642,8 @@ struct Reader {
     settings: PoolConfig,
     metrics: ListenerMetrics,
     name: String,
+    /// The reader's one timer, for every deadline in [`Reader::deadline`].
+    sleep: Pin<Box<tokio::time::Sleep>>,
     _open: Option<GaugeGuard>,
 }
 
@@ -681,6 +686,11 @@ impl Reader {
         if self.buf.capacity() - self.buf.len() < READ_BUF {
             self.buf.reserve(READ_BUF);
         }
+        // The timer is moved only to an earlier deadline: a later one is found when it fires
+        // (see `expired`), so a session that keeps reading does not re-arm it at every read.
+        if at < self.sleep.deadline() || self.sleep.is_elapsed() {
+            self.sleep.as_mut().reset(at);
+        }
         tokio::select! {
             n = self.rd.read_buf(&mut self.buf) => Event::Read(n),
             _ = self.kill.cancelled() => Event::Killed,
@@ -691,7 +701,7 @@ impl Reader {
                     Event::Deadline // nothing for this session; re-evaluate
                 }
             }
-            _ = tokio::time::sleep_until(at) => Event::Deadline,
+            _ = &mut self.sleep => Event::Deadline,
             _ = self.routed.notified() => Event::Deadline,
         }
     }
