@@ -53,6 +53,28 @@ async fn a_client_that_writes_a_whole_pipeline_before_reading_completes() {
     assert!(got.chunks(reply.len()).all(|r| r == reply));
 }
 
+#[tokio::test]
+async fn a_pipeline_of_large_writes_written_before_reading_completes() {
+    let (_pki, _redis, tunnel) = shared_tunnel("min_idle = 1").await;
+    let c = connect(tunnel.addr()).await;
+    // 5,000 SETs of 4 KiB (20 MB of requests): past the in-flight byte limit many times over.
+    let value = "w".repeat(4096);
+    let pipeline: Vec<u8> = (0..5000)
+        .flat_map(|i| cmd(&["SET", &format!("k{i}"), &value]))
+        .collect();
+    let (mut rd, mut wr) = c.into_split();
+    tokio::time::timeout(WAIT * 3, wr.write_all(&pipeline))
+        .await
+        .expect("the tunnel stopped reading a client that writes before it reads")
+        .unwrap();
+    let mut got = vec![0u8; 5 * 5000];
+    tokio::time::timeout(WAIT * 3, rd.read_exact(&mut got))
+        .await
+        .expect("replies timed out")
+        .unwrap();
+    assert!(got.chunks(5).all(|r| r == b"+OK\r\n"));
+}
+
 /// A client library's connect sequence: name and library info, then data commands.
 #[tokio::test]
 async fn clients_that_name_their_connection_still_share() {

@@ -189,12 +189,15 @@ impl<'a> Input<'a> {
             // Reading goes on while requests wait for room: a client that writes everything
             // before it reads is never stopped from writing.
             let sink = self.sink.clone();
-            let (sent, bytes) = (self.sent, self.in_flight_bytes);
+            let (received, queued) = (sink.received(), sink.queued());
             let blocked = matches!(need, Need::Room);
+            // Any reply in, or the queue drained below its limit, may make room.
+            let progress =
+                |s: &Sink| s.received() > received || (s.queued() < queued.min(SHARED_QUEUE_SOFT));
             let read = tokio::select! {
                 biased;
                 _ = self.link.gone.cancelled() => return Ending::Gone,
-                _ = sink.wait_until(|s| room(s, sent, bytes)), if blocked => None,
+                _ = sink.wait_until(progress), if blocked => None,
                 n = read_when_ready(&mut rd, &mut self.buf), if !self.eof => Some(n),
             };
             match read {
