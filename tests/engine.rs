@@ -245,6 +245,15 @@ fn resp3_subscribe_mode_keeps_replies_paired() {
         [cmd(&["RESET"]), cmd(&["AUTH", "tunnel-token"])].concat()
     );
     assert_eq!(client, b"+RESET\r\n");
+    // A subscribe refused (by a channel ACL) is answered with an error instead of a push.
+    let mut s = passthrough();
+    exchange(&mut s, &cmd(&["HELLO", "3"]), hello);
+    let req = [cmd(&["SUBSCRIBE", "secret"]), cmd(&["RESET"])].concat();
+    let refused =
+        b"-NOPERM this user has no permissions to access one of the channels used as arguments\r\n";
+    let (_, client) = exchange(&mut s, &req, &[&refused[..], b"+RESET\r\n+OK\r\n"].concat());
+    assert_eq!(client, [&refused[..], b"+RESET\r\n"].concat());
+    assert!(s.replies().is_synced() && s.pending_replies() == 0);
     // Had HELLO 3 failed, the connection is in RESP2 subscribe mode after all: unsynced.
     let mut s = passthrough();
     exchange(&mut s, &cmd(&["HELLO", "3"]), b"-NOPROTO sorry\r\n");

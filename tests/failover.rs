@@ -144,6 +144,44 @@ async fn a_failover_is_followed_under_the_shipped_config() {
     assert!(m.failovers.get() >= 1, "the move was not counted");
 }
 
+/// The name lags the failover: it still points at A, now a replica, for a while. Writes are
+/// refused there (as they would be directly); once the name moves, they land on B.
+#[tokio::test]
+async fn a_failover_whose_name_moves_late_is_followed_when_it_moves() {
+    let (pki, a, b) = primary_and_replica().await;
+    let names = Names::default();
+    names.point(ENDPOINT, &[a.addr().parse().unwrap()]);
+    let upstream = format!("\"{ENDPOINT}:6379\"");
+    let tunnel =
+        Tunnel::start_with(&config(&pki, &upstream, ""), Resolver::new(names.clone())).await;
+    let mut c = connect(tunnel.addr()).await;
+    assert_eq!(
+        roundtrip(&mut c, &cmd(&["SET", "k", "before"])).await,
+        "+OK\r\n"
+    );
+    let mut da = direct(&a, &pki, TOKEN).await;
+    assert_eq!(roundtrip(&mut da, &cmd(&["FAILOVER"])).await, "+OK\r\n");
+    eventually("A demoted", || async {
+        role(&a, &pki).await.contains("slave")
+    })
+    .await;
+    // Two seconds of lag, written through at a steady pace.
+    let mut pace = tokio::time::interval(Duration::from_millis(50));
+    let lag = Instant::now();
+    while lag.elapsed() < Duration::from_secs(2) {
+        pace.tick().await;
+        let got = roundtrip(&mut c, &cmd(&["SET", "k", "lag"])).await;
+        assert!(got.starts_with("-READONLY"), "{got}");
+    }
+    names.point(ENDPOINT, &[b.addr().parse().unwrap()]);
+    writes_until_ok(&mut c, Instant::now()).await;
+    let mut fresh = connect(tunnel.addr()).await;
+    assert_eq!(
+        roundtrip(&mut fresh, &cmd(&["SET", "k", "fresh"])).await,
+        "+OK\r\n"
+    );
+}
+
 #[tokio::test]
 async fn a_demotion_in_a_reply_split_across_reads_is_seen() {
     let (pki, a, b) = primary_and_replica().await;
@@ -201,4 +239,47 @@ async fn a_node_that_stops_answering_fails_its_shared_clients_in_time() {
     // The client is still connected; once the network is back it is served by a fresh session.
     relay.set(Mode::Pass);
     assert_eq!(roundtrip(&mut c, &cmd(&["GET", "k"])).await, "$1\r\nv\r\n");
+}
+
+/// A node that stops reading: requests queued behind a write it never takes are answered at the
+/// reply deadline too, not when TCP gives up.
+#[tokio::test]
+async fn requests_behind_a_write_the_node_never_takes_are_answered_in_time() {
+    use tokio::io::AsyncWriteExt;
+    let pki = pki(&["localhost"]);
+    let redis = Redis::start(&pki, &["--requirepass", TOKEN]);
+    let relay = Relay::start(redis.addr().parse().unwrap()).await;
+    let upstream = format!("\"{}\"", relay.addr);
+    let pool = "[listener.pool]\nmin_idle = 1\nmultiplex = 1\nshared_reply_timeout = \"1s\"";
+    let tunnel = Tunnel::start(&config(&pki, &upstream, pool)).await;
+    let mut probe = connect(tunnel.addr()).await;
+    assert_eq!(roundtrip(&mut probe, &cmd(&["PING"])).await, "+PONG\r\n");
+    let mut flooders = Vec::new();
+    for _ in 0..24 {
+        let mut c = connect(tunnel.addr()).await;
+        assert_eq!(roundtrip(&mut c, &cmd(&["PING"])).await, "+PONG\r\n");
+        flooders.push(c);
+    }
+    relay.set(Mode::Hold);
+    // 24 MB of writes the node never reads: more than the socket buffers hold.
+    let value = "v".repeat(8 * 1024);
+    let pipeline: Vec<u8> = cmd(&["SET", "k", &value]).repeat(120);
+    let sent = &tunnel.pools[0].metrics().shared_requests;
+    let before = sent.get();
+    for c in &mut flooders {
+        c.write_all(&pipeline).await.unwrap();
+    }
+    eventually("the flood queued", || async {
+        sent.get() >= before + 24 * 100
+    })
+    .await;
+    let asked = Instant::now();
+    let got = roundtrip(&mut probe, &cmd(&["GET", "k"])).await;
+    assert!(got.starts_with("-ERR ectunnel: "), "{got}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    relay.set(Mode::Pass);
 }

@@ -280,3 +280,93 @@ async fn clients_arriving_at_an_outage_share_one_dial() {
     let took = started.elapsed();
     assert!(took < std::time::Duration::from_millis(1500), "{took:?}");
 }
+
+/// A server that refuses `HELLO 3` (before Redis 6, or an ACL without HELLO): the client gets
+/// the server's refusal and carries on in RESP2, as it would directly.
+#[tokio::test]
+async fn a_refused_hello_3_leaves_the_client_as_it_was() {
+    let pki = pki(&["localhost"]);
+    let redis = Redis::start(
+        &pki,
+        &["--requirepass", TOKEN, "--rename-command", "HELLO", "\"\""],
+    );
+    let mut d = direct(&redis, &pki, TOKEN).await;
+    let direct_hello = roundtrip(&mut d, &cmd(&["HELLO", "3"])).await;
+    assert!(
+        direct_hello.starts_with("-ERR unknown command"),
+        "{direct_hello}"
+    );
+    let upstream = format!("localhost:{}", redis.port);
+    let tunnel = Tunnel::start(&config(&pki, &upstream, "min_idle = 1")).await;
+    let mut c = connect(tunnel.addr()).await;
+    assert_eq!(roundtrip(&mut c, &cmd(&["HELLO", "3"])).await, direct_hello);
+    assert_eq!(roundtrip(&mut c, &cmd(&["SET", "k", "v"])).await, "+OK\r\n");
+    assert_eq!(roundtrip(&mut c, &cmd(&["GET", "k"])).await, "$1\r\nv\r\n");
+}
+
+/// `WAIT` closes the shared session it runs on to new requests; requests already accepted there
+/// are still sent and answered, never refused.
+#[tokio::test]
+async fn requests_accepted_by_a_session_that_a_wait_retires_are_answered() {
+    let (_pki, _redis, tunnel) = shared_tunnel("min_idle = 4\nmultiplex = 1").await;
+    let addr = tunnel.addr();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut others = Vec::new();
+    for _ in 0..4 {
+        let stop = stop.clone();
+        others.push(tokio::spawn(async move {
+            let mut c = connect(addr).await;
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                assert_eq!(roundtrip(&mut c, &cmd(&["GET", "k"])).await, "$-1\r\n");
+                n += 1;
+            }
+            n
+        }));
+    }
+    for _ in 0..100 {
+        let mut c = connect(addr).await;
+        c.write_all(&[cmd(&["SET", "w", "1"]), cmd(&["WAIT", "0", "0"])].concat())
+            .await
+            .unwrap();
+        assert_eq!(read_reply(&mut c).await, "+OK\r\n");
+        assert_eq!(read_reply(&mut c).await, ":0\r\n");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for o in others {
+        assert!(o.await.unwrap() > 0);
+    }
+}
+
+/// A client that leaves while a big reply is on its way costs the others nothing.
+#[tokio::test]
+async fn a_client_gone_in_the_middle_of_a_big_reply_holds_nobody_back() {
+    let (pki, redis, tunnel) = shared_tunnel("min_idle = 1\nmultiplex = 1").await;
+    let mut d = direct(&redis, &pki, TOKEN).await;
+    let big = "x".repeat(40 * 1024 * 1024);
+    assert_eq!(
+        roundtrip(&mut d, &cmd(&["SET", "big", &big])).await,
+        "+OK\r\n"
+    );
+    drop(big);
+    let mut other = connect(tunnel.addr()).await;
+    assert_eq!(roundtrip(&mut other, &cmd(&["PING"])).await, "+PONG\r\n");
+    let mut gone = connect(tunnel.addr()).await;
+    socket2::SockRef::from(&gone)
+        .set_linger(Some(std::time::Duration::ZERO))
+        .unwrap();
+    gone.write_all(&cmd(&["GET", "big"])).await.unwrap();
+    let mut first = [0u8; 1];
+    gone.read_exact(&mut first).await.unwrap(); // the reply has started
+    drop(gone); // a reset, mid-reply
+    let mut worst = std::time::Duration::ZERO;
+    for _ in 0..200 {
+        let asked = std::time::Instant::now();
+        assert_eq!(roundtrip(&mut other, &cmd(&["PING"])).await, "+PONG\r\n");
+        worst = worst.max(asked.elapsed());
+    }
+    assert!(
+        worst < std::time::Duration::from_millis(500),
+        "stalled {worst:?}"
+    );
+}

@@ -300,11 +300,6 @@ async fn send_requests(
         if !link.room().await {
             return Ok((total, up));
         }
-        let now_lost = lock(&link.state).reply_lost;
-        if now_lost != lost {
-            lost = now_lost;
-            requests.set_unsynced();
-        }
         if handle.has_changed().unwrap_or(false) {
             // A reload: a RESET from now on is followed by the new credentials.
             requests.set_inject(handle.borrow_and_update().config.auth.clone());
@@ -319,6 +314,12 @@ async fn send_requests(
         };
         if n == 0 {
             break;
+        }
+        // Checked after the read: what it brought is judged with what the reply side knows now.
+        let now_lost = lock(&link.state).reply_lost;
+        if now_lost != lost {
+            lost = now_lost;
+            requests.set_unsynced();
         }
         let progress = requests.process(&buf, &mut ops, &mut entries);
         link.push(&mut entries);

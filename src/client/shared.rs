@@ -114,6 +114,15 @@ impl Link {
         lock(&self.locals).push_back(local);
         self.local_ready.notify_one();
     }
+
+    fn len(&self) -> usize {
+        lock(&self.locals).len()
+    }
+
+    /// Too many of the tunnel's own replies wait for the client to read: read no further.
+    fn backlog(&self) -> bool {
+        self.len() as u64 >= SHARED_IN_FLIGHT_REPLIES
+    }
 }
 
 /// How the input side finished.
@@ -190,10 +199,16 @@ impl<'a> Input<'a> {
             // before it reads is never stopped from writing.
             let sink = self.sink.clone();
             let (received, queued) = (sink.received(), sink.queued());
+            let locals = self.link.len();
             let blocked = matches!(need, Need::Room);
-            // Any reply in, or the queue drained below its limit, may make room.
-            let progress =
-                |s: &Sink| s.received() > received || (s.queued() < queued.min(SHARED_QUEUE_SOFT));
+            // Any reply in, the queue drained below its limit, or replies of the tunnel's own
+            // written out, may make room.
+            let link = self.link;
+            let progress = |s: &Sink| {
+                s.received() > received
+                    || s.queued() < queued.min(SHARED_QUEUE_SOFT)
+                    || link.len() < locals
+            };
             let read = tokio::select! {
                 biased;
                 _ = self.link.gone.cancelled() => return Ending::Gone,
@@ -217,7 +232,7 @@ impl<'a> Input<'a> {
     async fn advance(&mut self) -> Result<Need, Ending> {
         loop {
             self.settle();
-            if !room(&self.sink, self.sent, self.in_flight_bytes) {
+            if !room(&self.sink, self.sent, self.in_flight_bytes) || self.link.backlog() {
                 return Ok(Need::Room);
             }
             let owed = self.sent - self.sink.received();
@@ -249,8 +264,13 @@ impl<'a> Input<'a> {
                     }
                 }
                 Some(Stop::Switch { version, cmd, len }) => {
+                    if !self.switch(cmd, version).await {
+                        // No session of that protocol (a server without HELLO refuses it): the
+                        // client's own session sends its HELLO, and the server answers it.
+                        self.splitter.undo_switch();
+                        return Err(self.own());
+                    }
                     self.buf.advance(len);
-                    self.send(cmd, 1, version, false).await;
                 }
                 // Nothing written here yet: its own session answers as a direct one would.
                 Some(Stop::Wait { .. }) if self.sent == 0 => return Err(self.own()),
@@ -285,52 +305,68 @@ impl<'a> Input<'a> {
     /// one. With `last`, nothing may follow it on that session. An upstream failure answers each
     /// of its requests with `-ERR ectunnel: …`, in order.
     async fn send(&mut self, mut bytes: Bytes, replies: u32, version: RespVersion, last: bool) {
-        let len = bytes.len();
         loop {
-            let current = self.handle.borrow().clone();
-            if !Arc::ptr_eq(&current, &self.listener) {
-                self.on = None; // a reload: sessions of the new configuration from now on
-                self.listener = current;
+            if let Err(e) = self.session_for(version).await {
+                tracing::debug!(listener = %self.listener.config.name, "no shared session: {e}");
+                self.sink.refuse(replies, &e.to_string());
+                self.sent += u64::from(replies);
+                return;
             }
-            let keep = self
-                .on
-                .as_ref()
-                .is_some_and(|(s, v)| *v == version && s.usable());
-            if !keep {
-                let sent = self.sent;
-                self.sink.wait_until(|s| s.received() >= sent).await;
-                let l = &self.listener;
-                match l.mux.get(self.slot, version, &l.pool, &l.node).await {
-                    Ok(s) => self.on = Some((s, version)),
-                    Err(e) => {
-                        tracing::debug!(listener = %l.config.name, "no shared session: {e}");
-                        self.sink.refuse(replies, &e.to_string());
-                        self.sent += u64::from(replies);
-                        return;
-                    }
-                }
+            match self.put(bytes, replies, last) {
+                Ok(()) => return,
+                Err(b) => bytes = b, // retired meanwhile: the next one
             }
-            let Some((session, _)) = &self.on else {
-                continue;
-            };
-            let to = self.sink.clone();
-            let apart = self.local_since_send;
-            match session.send(
-                Batch {
-                    bytes,
-                    replies,
-                    to,
-                    apart,
-                },
-                last,
-            ) {
-                Ok(()) => break,
-                // Retired meanwhile: the next one.
-                Err(b) => {
-                    bytes = b.bytes;
-                    self.on = None;
-                }
+        }
+    }
+
+    /// Sends `HELLO <version>` to a session of that protocol, from which the client's requests
+    /// go on. False when no such session can be had (nothing was sent).
+    async fn switch(&mut self, mut cmd: Bytes, version: RespVersion) -> bool {
+        loop {
+            if self.session_for(version).await.is_err() {
+                return false;
             }
+            match self.put(cmd, 1, false) {
+                Ok(()) => return true,
+                Err(b) => cmd = b,
+            }
+        }
+    }
+
+    /// Makes `on` a usable session of `version` of the current listener.
+    async fn session_for(&mut self, version: RespVersion) -> Result<(), DialError> {
+        let current = self.handle.borrow().clone();
+        if !Arc::ptr_eq(&current, &self.listener) {
+            self.on = None; // a reload: sessions of the new configuration from now on
+            self.listener = current;
+        }
+        let usable = |(s, v): &(Arc<Shared>, RespVersion)| *v == version && s.usable();
+        if self.on.as_ref().is_some_and(usable) {
+            return Ok(());
+        }
+        let sent = self.sent;
+        self.sink.wait_until(|s| s.received() >= sent).await;
+        let l = &self.listener;
+        let s = l.mux.get(self.slot, version, &l.pool, &l.node).await?;
+        self.on = Some((s, version));
+        Ok(())
+    }
+
+    /// Queues a batch on `on`; gives it back when that session was retired meanwhile.
+    fn put(&mut self, bytes: Bytes, replies: u32, last: bool) -> Result<(), Bytes> {
+        let Some((session, _)) = &self.on else {
+            return Err(bytes);
+        };
+        let len = bytes.len();
+        let batch = Batch {
+            bytes,
+            replies,
+            to: self.sink.clone(),
+            apart: self.local_since_send,
+        };
+        if let Err(b) = session.send(batch, last) {
+            self.on = None;
+            return Err(b.bytes);
         }
         self.sent += u64::from(replies);
         self.local_since_send = false;
@@ -340,6 +376,7 @@ impl<'a> Input<'a> {
             .metrics
             .shared_requests
             .inc_by(u64::from(replies));
+        Ok(())
     }
 
     fn local(&mut self, bytes: Bytes) {
@@ -418,6 +455,7 @@ async fn output(
             if let Err(out) = write_or_cut(&mut wr, sink, &due).await {
                 break out;
             }
+            sink.nudge();
             observe_first(&mut first, &m);
         }
         if end {
@@ -429,6 +467,19 @@ async fn output(
             biased;
             d = deliveries.recv() => {
                 let Some(d) = d else { break Out::Gone };
+                // A reply of the tunnel's own queued meanwhile may go before this one.
+                let (due, end) = due_locals(link, written);
+                if !due.is_empty() {
+                    if let Err(out) = write_or_cut(&mut wr, sink, &due).await {
+                        break out;
+                    }
+                    sink.nudge();
+                }
+                if end {
+                    break Out::Ended {
+                        replied: true,
+                    };
+                }
                 let upto = next_local(link).map(|after| after.saturating_sub(written));
                 match write_deliveries(&mut wr, sink, d, &mut deliveries, upto).await {
                     Ok(replies) => written += replies,
@@ -440,6 +491,9 @@ async fn output(
         }
     };
     link.gone.cancel();
+    if !matches!(out, Out::Ended { .. }) {
+        sink.close(); // what is still owed to it is dropped as it arrives
+    }
     out
 }
 

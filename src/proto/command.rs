@@ -212,6 +212,12 @@ const SHAREABLE: &[&str] = &[
     "ZUNIONSTORE",
 ];
 
+/// `UNSUBSCRIBE`, `PUNSUBSCRIBE`, `SUNSUBSCRIBE` (which, unlike the subscribes, cannot fail).
+pub fn is_unsubscribe(name: &[u8]) -> bool {
+    let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
+    is("UNSUBSCRIBE") || is("PUNSUBSCRIBE") || is("SUNSUBSCRIBE")
+}
+
 /// `WAIT` and `WAITAOF`: they block their connection until the server's replicas (or its AOF)
 /// have what that connection wrote.
 pub fn is_wait(name: &[u8]) -> bool {

@@ -68,9 +68,12 @@ pub enum Entry {
     Hello { swallow: bool },
     /// The client's `RESET`: its reply, and the connection is back to RESP2.
     Reset,
-    /// A `(P|S)(UN)SUBSCRIBE` sent in RESP3: no reply, only pushes. (Had the connection stayed in
-    /// RESP2, replies stop pairing here.)
+    /// A `(P|S)SUBSCRIBE` sent in RESP3: no reply, only pushes; done at its first confirmation
+    /// push, or at the error reply it gets instead (an ACL refusing the channel). Had the
+    /// connection stayed in RESP2, replies stop pairing here.
     Subscribe3,
+    /// A `(P|S)UNSUBSCRIBE` sent in RESP3: no reply, only pushes (it cannot fail).
+    Unsubscribe3,
     /// The tunnel's own reply to a client command it did not forward.
     Synthetic(Bytes),
     /// From here on replies no longer pair with requests, until [`Entry::Resync`].
@@ -440,8 +443,17 @@ impl Requests {
                 forward(ops, r);
                 self.after_reset(ops, entries);
             }
+            // Too few arguments: an error reply, and nothing else changes.
+            Cmd::Subscribe if !command::is_unsubscribe(name) && !inline && info.argc < 2 => {
+                entries.push(Entry::Client(1));
+                forward(ops, r);
+            }
             Cmd::Subscribe if self.version == RespVersion::V3 => {
-                entries.push(Entry::Subscribe3);
+                entries.push(if command::is_unsubscribe(name) {
+                    Entry::Unsubscribe3
+                } else {
+                    Entry::Subscribe3
+                });
                 forward(ops, r);
             }
             Cmd::Monitor | Cmd::Subscribe | Cmd::Sync => self.go_unsynced(r, ops, entries),
@@ -560,6 +572,15 @@ pub fn demotion(reply: &[u8]) -> bool {
             && memchr::memmem::find(reply, b"master -> replica").is_some())
 }
 
+/// Whether a push frame (its first bytes) confirms a `SUBSCRIBE`, `PSUBSCRIBE` or `SSUBSCRIBE`.
+fn confirms_subscribe(push: &[u8]) -> bool {
+    let kind = push
+        .split(|b| *b == b'\n')
+        .nth(2)
+        .map(|w| w.strip_suffix(b"\r").unwrap_or(w));
+    matches!(kind, Some(b"subscribe" | b"psubscribe" | b"ssubscribe"))
+}
+
 /// Who owns the reply frame being scanned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Owner {
@@ -667,9 +688,11 @@ impl Replies {
                 None => {
                     let o = self.owner_of(buf[i], fifo);
                     self.capture.clear();
+                    let confirmation = o == Owner::Push && fifo.head() == Some(&Entry::Subscribe3);
                     self.capturing = matches!(o, Owner::Swallow | Owner::Anyone)
                         || buf[i] == b'-'
-                        || self.answering.is_some();
+                        || self.answering.is_some()
+                        || confirmation;
                     self.owner = Some(o);
                     o
                 }
@@ -712,7 +735,8 @@ impl Replies {
             return Owner::Anyone;
         }
         match fifo.head() {
-            Some(Entry::Client(_)) => Owner::Client,
+            // A subscribe's only reply is an error (its confirmations are pushes).
+            Some(Entry::Client(_) | Entry::Subscribe3) => Owner::Client,
             Some(Entry::Swallow(_)) => Owner::Swallow,
             Some(e @ (Entry::Hello { .. } | Entry::Reset)) => {
                 let o = match e {
@@ -761,7 +785,11 @@ impl Replies {
                     self.version = RespVersion::V2;
                 }
             }
-            Owner::Push => {}
+            Owner::Push => {
+                if fifo.head() == Some(&Entry::Subscribe3) && confirms_subscribe(&self.capture) {
+                    fifo.pop_reply();
+                }
+            }
         }
     }
 
@@ -805,11 +833,13 @@ impl Replies {
                     fifo.q.pop_front();
                     return true;
                 }
-                Some(Entry::Subscribe3) if self.version == RespVersion::V3 => {
+                // Waits for its confirmation push, or its error.
+                Some(Entry::Subscribe3) if self.version == RespVersion::V3 => return false,
+                Some(Entry::Unsubscribe3) if self.version == RespVersion::V3 => {
                     fifo.q.pop_front();
                 }
                 // Subscribe mode in RESP2 after all (the HELLO 3 before it failed).
-                Some(Entry::Subscribe3) => {
+                Some(Entry::Subscribe3 | Entry::Unsubscribe3) => {
                     fifo.q.pop_front();
                     self.mode = Mode::Unsynced;
                     self.lost += 1;

@@ -97,6 +97,9 @@ pub struct Splitter {
     name: Option<Vec<u8>>,
     /// What to send first on the client's own session.
     replay: Vec<Bytes>,
+    /// How to take back the last `HELLO` switch if no session of its protocol can be had:
+    /// the version, the replay length and the name before it.
+    undo: Option<(RespVersion, usize, Option<Vec<u8>>)>,
 }
 
 impl Splitter {
@@ -110,6 +113,16 @@ impl Splitter {
             version: RespVersion::V2,
             name: None,
             replay: Vec::new(),
+            undo: None,
+        }
+    }
+
+    /// Takes back the last [`Stop::Switch`]: the `HELLO` goes to the client's own session.
+    pub fn undo_switch(&mut self) {
+        if let Some((version, kept, name)) = self.undo.take() {
+            self.version = version;
+            self.replay.truncate(kept);
+            self.name = name;
         }
     }
 
@@ -260,6 +273,7 @@ impl Splitter {
         let Some(hello) = command::parse_hello(&args) else {
             return own;
         };
+        self.undo = Some((self.version, self.replay.len(), self.name.clone()));
         if let Some((user, pass)) = &hello.auth
             && !self.judge(user, pass)
         {

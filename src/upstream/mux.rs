@@ -80,6 +80,9 @@ impl Cut {
     }
 }
 
+/// [`Sink::cut`] value of a receiver that went away by itself.
+const LEFT: u8 = u8::MAX;
+
 /// A receiver's end: what the sessions it used hand it, and what it has taken.
 pub struct Sink {
     tx: mpsc::UnboundedSender<Delivery>,
@@ -87,7 +90,7 @@ pub struct Sink {
     queued: AtomicUsize,
     /// Replies delivered (answered or failed) so far.
     received: AtomicU64,
-    /// 0, or the [`Cut`] (as 1 + its index) that ended this receiver.
+    /// 0, the [`Cut`] (as 1 + its index) that ended this receiver, or [`LEFT`].
     cut: AtomicU8,
     /// Wakes whoever waits on this receiver: replies arrived, bytes were taken, it was cut.
     changed: Notify,
@@ -129,6 +132,24 @@ impl Sink {
             2 => Some(Cut::Broken),
             _ => None,
         }
+    }
+
+    /// The receiver went away: what is still owed to it is read and dropped, never queued.
+    pub fn close(&self) {
+        let _ = self
+            .cut
+            .compare_exchange(0, LEFT, Ordering::AcqRel, Ordering::Acquire);
+        self.changed.notify_waiters();
+    }
+
+    /// Whether nothing more is delivered to it (cut off, or gone).
+    fn ended(&self) -> bool {
+        self.cut.load(Ordering::Acquire) != 0
+    }
+
+    /// Wakes whoever waits on this receiver (its own replies went out, say).
+    pub fn nudge(&self) {
+        self.changed.notify_waiters();
     }
 
     /// Resolves once `ready` holds, re-checked whenever this receiver's state changes.
@@ -178,7 +199,7 @@ impl Sink {
     }
 
     fn deliver(&self, bytes: Bytes, replies: u32) {
-        if self.cut.load(Ordering::Relaxed) != 0 {
+        if self.ended() {
             return self.count(replies);
         }
         self.queued.fetch_add(bytes.len(), Ordering::Relaxed);
@@ -235,9 +256,14 @@ struct Gate {
     tx: mpsc::UnboundedSender<Batch>,
 }
 
+/// Batches let through the gate that the writer has not routed yet: a retired session closes
+/// only once it owes nothing *and* has none of these, or it would refuse what it accepted.
+type Accepted = Arc<AtomicUsize>;
+
 /// One shared upstream session: a writer task and a reader task around one TLS stream.
 pub struct Shared {
     gate: Arc<Mutex<Gate>>,
+    accepted: Accepted,
     /// Wakes the reader (which closes a retired session once nothing is owed).
     wake: Arc<Notify>,
     at: At,
@@ -258,7 +284,11 @@ impl Shared {
         gate.open = !last;
         self.last_used
             .store(millis(self.created.elapsed()), Ordering::Relaxed);
-        gate.tx.send(b).map_err(|mpsc::error::SendError(b)| b)
+        self.accepted.fetch_add(1, Ordering::AcqRel);
+        gate.tx.send(b).map_err(|mpsc::error::SendError(b)| {
+            self.accepted.fetch_sub(1, Ordering::AcqRel);
+            b
+        })
     }
 
     /// Whether new batches may go to it.
@@ -429,6 +459,7 @@ impl Starter {
     fn start(self, up: Conn) -> Shared {
         let (tx, rx) = mpsc::unbounded_channel();
         let routes = Arc::new(Mutex::new(Routes::default()));
+        let accepted: Accepted = Arc::new(AtomicUsize::new(0));
         let routed = Arc::new(Notify::new());
         let gate = Arc::new(Mutex::new(Gate { open: true, tx }));
         let kill = CancellationToken::new();
@@ -438,19 +469,20 @@ impl Starter {
         tracing::debug!(listener = %self.name, peer = %up.at.peer, proto = ?self.proto, "shared session started");
         let m = self.metrics.clone();
         let sleep = Box::pin(tokio::time::sleep(self.settings.max_lifetime));
-        tokio::spawn(write(
-            wr,
-            rx,
-            routes.clone(),
-            routed.clone(),
-            kill.clone(),
+        let writer = Writer {
+            routes: routes.clone(),
+            accepted: accepted.clone(),
+            routed: routed.clone(),
+            kill: kill.clone(),
             m,
-        ));
+        };
+        tokio::spawn(writer.run(wr, rx));
         tokio::spawn(
             Reader {
                 rd,
                 buf: up.leftover,
                 routes: routes.clone(),
+                accepted: accepted.clone(),
                 routed: routed.clone(),
                 gate: gate.clone(),
                 kill,
@@ -469,6 +501,7 @@ impl Starter {
         );
         Shared {
             gate,
+            accepted,
             wake: routed,
             at: up.at,
             created: up.created,
@@ -507,93 +540,108 @@ async fn hello3(up: &mut Conn) -> Result<(), DialError> {
     Ok(())
 }
 
-/// Writes what clients queued, as few TLS records and writes as it can. Routes are recorded
-/// before the bytes go out, so the reader always finds the reply's owner.
-async fn write(
-    mut wr: WriteHalf<TlsStream<TcpStream>>,
-    mut rx: mpsc::UnboundedReceiver<Batch>,
+/// What the writer task shares with the rest of its session.
+struct Writer {
     routes: Arc<Mutex<Routes>>,
+    accepted: Accepted,
     routed: Arc<Notify>,
     kill: CancellationToken,
     m: ListenerMetrics,
-) {
-    let (mut out, mut batch) = (BytesMut::new(), Vec::new());
-    while let Some(first) = tokio::select! {
-        b = rx.recv() => b,
-        _ = kill.cancelled() => None,
-    } {
-        // Let the other clients that became ready in this round queue their requests too, so
-        // they share this write (and the server's read, and one reply read back).
-        tokio::task::yield_now().await;
-        let mut len = first.bytes.len();
-        batch.push(first);
-        while len < BATCH_BYTES
-            && let Ok(b) = rx.try_recv()
-        {
-            len += b.bytes.len();
-            batch.push(b);
-        }
-        match route(&routes, &mut batch) {
-            None => continue,
-            Some(true) => routed.notify_one(), // the reader's reply deadline starts now
-            Some(false) => {}
-        }
-        let data: &[u8] = if batch.len() == 1 {
-            &batch[0].bytes
-        } else {
-            out.clear();
-            for b in &batch {
-                out.extend_from_slice(&b.bytes);
-            }
-            &out
-        };
-        let result = async {
-            wr.write_all(data).await?;
-            wr.flush().await
-        };
-        if let Err(e) = result.await {
-            lock(&routes).die(format!("upstream write failed: {e}"));
-            kill.cancel();
-            break;
-        }
-        m.to_upstream.inc_by(len as u64);
-        batch.clear();
-        if out.capacity() > BATCH_BYTES * 2 {
-            out = BytesMut::new();
-        }
-    }
-    // The session is closing: a batch that raced it is answered.
-    rx.close();
-    while let Ok(b) = rx.try_recv() {
-        b.to.fail(b.replies, false, "upstream session closed");
-    }
-    let _ = wr.shutdown().await;
 }
 
-/// Records where the batch's replies go: whether the session starts owing with it, or `None`
-/// (and every batch answered) once the session is dead.
-fn route(routes: &Mutex<Routes>, batch: &mut Vec<Batch>) -> Option<bool> {
-    let mut r = lock(routes);
-    if let Some(why) = r.dead.clone() {
-        for b in batch.drain(..) {
-            b.to.fail(b.replies, false, &why);
+impl Writer {
+    /// Writes what clients queued, as few TLS records and writes as it can. Routes are recorded
+    /// before the bytes go out, so the reader always finds the reply's owner.
+    async fn run(
+        self,
+        mut wr: WriteHalf<TlsStream<TcpStream>>,
+        mut rx: mpsc::UnboundedReceiver<Batch>,
+    ) {
+        let (mut out, mut batch) = (BytesMut::new(), Vec::new());
+        while let Some(first) = tokio::select! {
+            b = rx.recv() => b,
+            _ = self.kill.cancelled() => None,
+        } {
+            // Let the other clients that became ready in this round queue their requests too,
+            // so they share this write (and the server's read, and one reply read back).
+            tokio::task::yield_now().await;
+            let mut len = first.bytes.len();
+            batch.push(first);
+            while len < BATCH_BYTES
+                && let Ok(b) = rx.try_recv()
+            {
+                len += b.bytes.len();
+                batch.push(b);
+            }
+            match self.route(&mut batch) {
+                None => continue,
+                Some(true) => self.routed.notify_one(), // the reader's reply deadline starts now
+                Some(false) => {}
+            }
+            let data: &[u8] = if batch.len() == 1 {
+                &batch[0].bytes
+            } else {
+                out.clear();
+                for b in &batch {
+                    out.extend_from_slice(&b.bytes);
+                }
+                &out
+            };
+            // A server that stops reading fills the socket; the reader's deadline then ends the
+            // session, and this write with it.
+            let result = tokio::select! {
+                r = async {
+                    wr.write_all(data).await?;
+                    wr.flush().await
+                } => r,
+                _ = self.kill.cancelled() => break,
+            };
+            if let Err(e) = result {
+                lock(&self.routes).die(format!("upstream write failed: {e}"));
+                self.kill.cancel();
+                break;
+            }
+            self.m.to_upstream.inc_by(len as u64);
+            batch.clear();
+            if out.capacity() > BATCH_BYTES * 2 {
+                out = BytesMut::new();
+            }
         }
-        return None;
-    }
-    let starts = r.q.is_empty();
-    if starts {
-        r.owing_since = Some(tokio::time::Instant::now());
-    }
-    for b in batch.iter().filter(|b| b.replies > 0) {
-        match r.q.back_mut() {
-            Some(last) if Arc::ptr_eq(&last.to, &b.to) && !b.apart => last.left += b.replies,
-            _ => r.q.push_back(Route {
-                to: b.to.clone(),
-                left: b.replies,
-            }),
+        // The session is closing: a batch that raced it is answered.
+        rx.close();
+        while let Ok(b) = rx.try_recv() {
+            b.to.fail(b.replies, false, "upstream session closed");
         }
+        let _ = wr.shutdown().await;
     }
-    Some(starts)
+
+    /// Records where the batch's replies go: whether the session starts owing with it, or
+    /// `None` (and every batch answered) once the session is dead.
+    fn route(&self, batch: &mut Vec<Batch>) -> Option<bool> {
+        let mut r = lock(&self.routes);
+        // Under the routes lock, so the reader never sees a batch in neither place.
+        self.accepted.fetch_sub(batch.len(), Ordering::AcqRel);
+        if let Some(why) = r.dead.clone() {
+            for b in batch.drain(..) {
+                b.to.fail(b.replies, false, &why);
+            }
+            return None;
+        }
+        let starts = r.q.is_empty();
+        if starts {
+            r.owing_since = Some(tokio::time::Instant::now());
+        }
+        for b in batch.iter().filter(|b| b.replies > 0) {
+            match r.q.back_mut() {
+                Some(last) if Arc::ptr_eq(&last.to, &b.to) && !b.apart => last.left += b.replies,
+                _ => r.q.push_back(Route {
+                    to: b.to.clone(),
+                    left: b.replies,
+                }),
+            }
+        }
+        Some(starts)
+    }
 }
 
 /// The start of the reply being read when it is an error, kept to recognise a demotion
@@ -629,6 +677,7 @@ struct Reader {
     rd: ReadHalf<TlsStream<TcpStream>>,
     buf: BytesMut,
     routes: Arc<Mutex<Routes>>,
+    accepted: Accepted,
     /// The writer routed a batch to an empty queue (the reply deadline starts), or the session
     /// was retired from outside.
     routed: Arc<Notify>,
@@ -658,6 +707,12 @@ enum Event {
 impl Reader {
     fn retire(&self) {
         lock(&self.gate).open = false;
+    }
+
+    /// Nothing owed, and nothing accepted that is still on its way to the server.
+    fn done(&self) -> bool {
+        let r = lock(&self.routes);
+        r.q.is_empty() && self.accepted.load(Ordering::Acquire) == 0
     }
 
     fn owing(&self) -> Option<tokio::time::Instant> {
@@ -716,7 +771,7 @@ impl Reader {
         let mut moved: Option<tokio::time::Instant> = None;
         let why = loop {
             let retired = !lock(&self.gate).open;
-            if retired && self.owing().is_none() {
+            if retired && self.done() {
                 break "retired".to_owned();
             }
             if self.buf.is_empty() {
@@ -832,7 +887,7 @@ impl Reader {
                 let front = routes.q.pop_front().expect("front checked above");
                 front.to.deliver(data.slice(start..i), done);
                 routes.partial = false;
-                if front.to.queued() > SHARED_QUEUE_HARD {
+                if front.to.queued() > SHARED_QUEUE_HARD && !front.to.ended() {
                     behind = Some(front.to.clone());
                 }
                 (start, done) = (i, 0);
@@ -846,7 +901,7 @@ impl Reader {
         {
             front.to.deliver(data.slice(start..upto), done);
             front.left -= done;
-            if front.to.queued() > SHARED_QUEUE_HARD {
+            if front.to.queued() > SHARED_QUEUE_HARD && !front.to.ended() {
                 behind = Some(front.to.clone());
             }
             routes.partial = fault.is_none() && !scan.at_boundary();
@@ -874,9 +929,9 @@ impl Reader {
         self.retire();
         loop {
             let before = sink.queued();
-            let drained = sink.wait_until(|s| s.queued() < before || s.cut_reason().is_some());
+            let drained = sink.wait_until(|s| s.queued() < before || s.ended());
             match timeout(SHARED_STALL, drained).await {
-                Ok(()) if sink.queued() <= SHARED_QUEUE_HARD / 2 || sink.cut_reason().is_some() => {
+                Ok(()) if sink.queued() <= SHARED_QUEUE_HARD / 2 || sink.ended() => {
                     return;
                 }
                 Ok(()) => continue,

@@ -40,6 +40,11 @@ pub struct Truth {
     /// Sessions on this address made before this generation are on a node that moved away
     /// (a primary demoted, or one the name no longer gives).
     left: Vec<(SocketAddr, u64)>,
+    /// Without a `role`: the name has pointed at a primary (it is a primary endpoint, not a
+    /// reader endpoint rotating over replicas), so sessions follow exactly what it resolves to.
+    follows_primary: bool,
+    /// What the names resolved to at the last check that could resolve them (sorted).
+    resolved: Option<Vec<SocketAddr>>,
 }
 
 impl Truth {
@@ -50,7 +55,13 @@ impl Truth {
             .iter()
             .any(|(addr, g)| *addr == at.peer && at.born < *g);
         match self.role {
-            Role::Any => !left,
+            // A primary endpoint's name moved off this node: even a session made to it as a
+            // replica (while the name still lagged) is on the wrong node now.
+            Role::Any => {
+                let named = !self.follows_primary
+                    || self.resolved.as_ref().is_none_or(|r| r.contains(&at.peer));
+                !left && named
+            }
             Role::Primary | Role::Replica => !left && self.node.is_none_or(|n| n == at.peer),
         }
     }
@@ -136,6 +147,8 @@ impl Node {
                 Role::Any => at.role == Some(NodeRole::Primary),
                 Role::Primary | Role::Replica => true,
             };
+            let newly_primary = t.role == Role::Any && moves && !t.follows_primary;
+            t.follows_primary |= moves && t.role == Role::Any;
             let changed = moves && t.node != Some(at.peer);
             if changed {
                 change = Some(t.node);
@@ -146,9 +159,17 @@ impl Node {
                 t.node = Some(at.peer);
             }
             at.born = t.generation;
-            changed
+            changed || newly_primary
         });
         let l = &self.inner.l;
+        let unnamed = {
+            let t = self.inner.truth.borrow();
+            t.follows_primary && t.resolved.as_ref().is_some_and(|r| !r.contains(&at.peer))
+        };
+        if unnamed {
+            // The name moved between the last check and this dial: look again now.
+            self.inner.check_now.notify_one();
+        }
         match change {
             Some(Some(old)) => self.moved(old, &at.peer.to_string()),
             Some(None) if l.role != Role::Any => {
@@ -164,6 +185,10 @@ impl Node {
     /// `role`, the check runs now to find where the primary went.
     pub fn demoted(&self, at: &At) {
         if at.role != Some(NodeRole::Primary) {
+            // A replica behind a primary endpoint: the name lags the failover. Look again now.
+            if self.inner.l.role == Role::Any && self.inner.truth.borrow().follows_primary {
+                self.inner.check_now.notify_one();
+            }
             return;
         }
         let left = self.inner.truth.send_if_modified(|t| {
@@ -218,6 +243,18 @@ impl Node {
         let node = self.truth().node;
         match self.inner.l.role {
             Role::Any => {
+                if let Some(now) = &resolved {
+                    let mut sorted = now.clone();
+                    sorted.sort();
+                    sorted.dedup();
+                    self.inner.truth.send_if_modified(|t| {
+                        let differs = t.resolved.as_ref() != Some(&sorted);
+                        if differs {
+                            t.resolved = Some(sorted);
+                        }
+                        differs && t.follows_primary
+                    });
+                }
                 if let (Some(p), Some(now)) = (node, &resolved)
                     && !now.contains(&p)
                 {

@@ -43,7 +43,7 @@ struct Inner {
     node: Node,
     idle: Mutex<Vec<Conn>>,
     /// Sessions out with clients that may come back.
-    lent: Arc<AtomicUsize>,
+    lent: AtomicUsize,
     /// Wakes the maintainer: a session was taken or came back.
     wake: Notify,
     /// The last background dial error while the upstream is failing; clients get it at once
@@ -58,12 +58,14 @@ struct Inner {
     filled: AtomicBool,
 }
 
-/// A session out with a client, counted until it comes back or is dropped.
-pub struct Lent(Arc<AtomicUsize>);
+/// A session out with a client, counted until it comes back or is dropped (which wakes the
+/// maintainer: a session that will not come back may need replacing).
+pub struct Lent(Pool);
 
 impl Drop for Lent {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.inner.lent.fetch_sub(1, Ordering::Relaxed);
+        self.0.inner.wake.notify_one();
     }
 }
 
@@ -82,7 +84,7 @@ impl Pool {
                 resolver,
                 node,
                 idle: Mutex::new(Vec::new()),
-                lent: Arc::new(AtomicUsize::new(0)),
+                lent: AtomicUsize::new(0),
                 wake: Notify::new(),
                 failing: Mutex::new(None),
                 reset_unsupported: AtomicBool::new(false),
@@ -188,7 +190,7 @@ impl Pool {
     /// A session for one client's own use, counted against `max_idle` until it comes back.
     pub async fn checkout_own(&self) -> Result<(Conn, Lent), DialError> {
         self.inner.lent.fetch_add(1, Ordering::Relaxed);
-        let lent = Lent(self.inner.lent.clone());
+        let lent = Lent(self.clone());
         Ok((self.checkout().await?, lent))
     }
 
@@ -232,7 +234,6 @@ impl Pool {
             Err(_) => tracing::debug!(listener = %l.name, "RESET timed out; session closed"),
         }
         drop(lent);
-        self.inner.wake.notify_one();
     }
 }
 
