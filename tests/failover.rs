@@ -22,31 +22,27 @@ fn config(pki: &Pki, upstream: &str, extra: &str) -> String {
     )
 }
 
-/// A primary A and its replica B over TLS, both requiring [`TOKEN`], B in sync.
-async fn primary_and_replica() -> (Pki, Redis, Redis) {
-    let pki = pki(&["localhost"]);
-    let auth = [
-        "--requirepass",
-        TOKEN,
-        "--masterauth",
-        TOKEN,
-        "--tls-replication",
-        "yes",
-    ];
-    let a = Redis::start(&pki, &auth);
-    let a_port = a.port.to_string();
-    let b = Redis::start(
-        &pki,
-        &[&auth[..], &["--replicaof", "127.0.0.1", &a_port]].concat(),
-    );
-    eventually("the replica in sync", || async {
-        let mut d = direct(&a, &pki, TOKEN).await;
-        roundtrip(&mut d, &cmd(&["INFO", "replication"]))
-            .await
-            .contains("state=online")
+/// A tunnel with the shipped config's shape (no `role`) in front of [`ENDPOINT`], which the
+/// test points at `a` to begin with.
+async fn endpoint_tunnel(pki: &Pki, a: &Redis) -> (Names, Tunnel) {
+    let names = Names::default();
+    names.point(ENDPOINT, &[a.addr().parse().unwrap()]);
+    let upstream = format!("\"{ENDPOINT}:6379\"");
+    let resolver = Resolver::new(names.clone());
+    (
+        names,
+        Tunnel::start_with(&config(pki, &upstream, ""), resolver).await,
+    )
+}
+
+/// A coordinated failover from `a` to its replica, waited for.
+async fn fail_over(pki: &Pki, a: &Redis) {
+    let mut da = direct(a, pki, TOKEN).await;
+    assert_eq!(roundtrip(&mut da, &cmd(&["FAILOVER"])).await, "+OK\r\n");
+    eventually("A demoted", || async {
+        role(a, pki).await.contains("slave")
     })
     .await;
-    (pki, a, b)
 }
 
 async fn role(redis: &Redis, pki: &Pki) -> String {
@@ -74,12 +70,8 @@ async fn writes_until_ok(c: &mut tokio::net::TcpStream, since: Instant) -> usize
 
 #[tokio::test]
 async fn a_failover_is_followed_under_the_shipped_config() {
-    let (pki, a, b) = primary_and_replica().await;
-    let names = Names::default();
-    names.point(ENDPOINT, &[a.addr().parse().unwrap()]);
-    let upstream = format!("\"{ENDPOINT}:6379\"");
-    let tunnel =
-        Tunnel::start_with(&config(&pki, &upstream, ""), Resolver::new(names.clone())).await;
+    let (pki, a, b) = primary_and_replica(TOKEN).await;
+    let (names, tunnel) = endpoint_tunnel(&pki, &a).await;
     // A client on shared sessions, and one on a session of its own (SELECT).
     let mut shared = connect(tunnel.addr()).await;
     assert_eq!(
@@ -93,14 +85,9 @@ async fn a_failover_is_followed_under_the_shipped_config() {
         "+OK\r\n"
     );
 
-    // A coordinated failover to B; the endpoint name moves to it.
-    let mut da = direct(&a, &pki, TOKEN).await;
-    assert_eq!(roundtrip(&mut da, &cmd(&["FAILOVER"])).await, "+OK\r\n");
+    // A coordinated failover to B; the endpoint name moves with it.
     names.point(ENDPOINT, &[b.addr().parse().unwrap()]);
-    eventually("A demoted", || async {
-        role(&a, &pki).await.contains("slave")
-    })
-    .await;
+    fail_over(&pki, &a).await;
     let moved = Instant::now();
 
     // New connections write to B within 3 s.
@@ -148,23 +135,14 @@ async fn a_failover_is_followed_under_the_shipped_config() {
 /// refused there (as they would be directly); once the name moves, they land on B.
 #[tokio::test]
 async fn a_failover_whose_name_moves_late_is_followed_when_it_moves() {
-    let (pki, a, b) = primary_and_replica().await;
-    let names = Names::default();
-    names.point(ENDPOINT, &[a.addr().parse().unwrap()]);
-    let upstream = format!("\"{ENDPOINT}:6379\"");
-    let tunnel =
-        Tunnel::start_with(&config(&pki, &upstream, ""), Resolver::new(names.clone())).await;
+    let (pki, a, b) = primary_and_replica(TOKEN).await;
+    let (names, tunnel) = endpoint_tunnel(&pki, &a).await;
     let mut c = connect(tunnel.addr()).await;
     assert_eq!(
         roundtrip(&mut c, &cmd(&["SET", "k", "before"])).await,
         "+OK\r\n"
     );
-    let mut da = direct(&a, &pki, TOKEN).await;
-    assert_eq!(roundtrip(&mut da, &cmd(&["FAILOVER"])).await, "+OK\r\n");
-    eventually("A demoted", || async {
-        role(&a, &pki).await.contains("slave")
-    })
-    .await;
+    fail_over(&pki, &a).await;
     // Two seconds of lag, written through at a steady pace.
     let mut pace = tokio::time::interval(Duration::from_millis(50));
     let lag = Instant::now();
@@ -184,7 +162,7 @@ async fn a_failover_whose_name_moves_late_is_followed_when_it_moves() {
 
 #[tokio::test]
 async fn a_demotion_in_a_reply_split_across_reads_is_seen() {
-    let (pki, a, b) = primary_and_replica().await;
+    let (pki, a, b) = primary_and_replica(TOKEN).await;
     // A's replies reach the tunnel one byte at a time.
     let relay = Relay::start(a.addr().parse().unwrap()).await;
     let upstream = format!("[\"{}\", \"localhost:{}\"]", relay.addr, b.port);

@@ -37,45 +37,10 @@ async fn connected_clients(redis: &Redis, pki: &Pki) -> u64 {
         .unwrap_or(0)
 }
 
-/// A primary A and its replica B over TLS, both requiring [`TOKEN`].
-fn primary_and_replica() -> (Pki, Redis, Redis) {
-    let pki = pki(&["localhost"]);
-    let auth = [
-        "--requirepass",
-        TOKEN,
-        "--masterauth",
-        TOKEN,
-        "--tls-replication",
-        "yes",
-    ];
-    let a = Redis::start(&pki, &auth);
-    let a_port = a.port.to_string();
-    let b = Redis::start(
-        &pki,
-        &[&auth[..], &["--replicaof", "127.0.0.1", &a_port]].concat(),
-    );
-    (pki, a, b)
-}
-
 /// A `role = "primary"` tunnel that knows both nodes.
 async fn primary_tunnel(pki: &Pki, a: &Redis, b: &Redis, pool: &str) -> Tunnel {
     let upstreams = format!("[\"localhost:{}\", \"localhost:{}\"]", a.port, b.port);
     Tunnel::start(&config(pki, &upstreams, pool, "role = \"primary\"\n")).await
-}
-
-/// A failover by hand: B becomes the primary, A its replica.
-async fn swap_roles(pki: &Pki, a: &Redis, b: &Redis) {
-    let mut db = direct(b, pki, TOKEN).await;
-    assert_eq!(
-        roundtrip(&mut db, &cmd(&["REPLICAOF", "NO", "ONE"])).await,
-        "+OK\r\n"
-    );
-    let mut da = direct(a, pki, TOKEN).await;
-    let b_port = b.port.to_string();
-    assert_eq!(
-        roundtrip(&mut da, &cmd(&["REPLICAOF", "127.0.0.1", &b_port])).await,
-        "+OK\r\n"
-    );
 }
 
 #[tokio::test]
@@ -280,7 +245,7 @@ async fn try_reply(c: &mut tokio::net::TcpStream) -> Option<String> {
 
 #[tokio::test]
 async fn failover_moves_new_clients_and_closes_pinned_ones() {
-    let (pki, a, b) = primary_and_replica();
+    let (pki, a, b) = primary_and_replica(TOKEN).await;
     // Dedicated sessions, which are pinned to a node (shared ones: see below).
     let tunnel = primary_tunnel(&pki, &a, &b, "min_idle = 2\nmultiplex = 0").await;
 
@@ -290,7 +255,7 @@ async fn failover_moves_new_clients_and_closes_pinned_ones() {
         "+OK\r\n"
     );
 
-    swap_roles(&pki, &a, &b).await;
+    swap_roles(&pki, &a, &b, TOKEN).await;
     let swapped = Instant::now();
 
     // Within 3 s new clients write to B.
@@ -513,14 +478,14 @@ async fn a_client_that_stops_reading_cannot_stall_the_others_on_its_session() {
 
 #[tokio::test]
 async fn failover_moves_shared_clients_without_a_reconnect() {
-    let (pki, a, b) = primary_and_replica();
+    let (pki, a, b) = primary_and_replica(TOKEN).await;
     let tunnel = primary_tunnel(&pki, &a, &b, "min_idle = 1").await;
     let mut c = connect(tunnel.addr()).await;
     assert_eq!(
         roundtrip(&mut c, &cmd(&["SET", "k", "before"])).await,
         "+OK\r\n"
     );
-    swap_roles(&pki, &a, &b).await;
+    swap_roles(&pki, &a, &b, TOKEN).await;
     let swapped = Instant::now();
     // The same connection: at most a few refusals while the tunnel notices, then B.
     loop {

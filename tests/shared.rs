@@ -182,42 +182,11 @@ async fn an_inline_request_redis_refuses_never_reaches_a_shared_session() {
     assert_eq!(roundtrip(&mut other, &cmd(&["PING"])).await, "+PONG\r\n");
 }
 
-/// A primary with one replica, both requiring [`TOKEN`].
-fn primary_and_replica() -> (Pki, Redis, Redis) {
-    let pki = pki(&["localhost"]);
-    let auth = [
-        "--requirepass",
-        TOKEN,
-        "--masterauth",
-        TOKEN,
-        "--tls-replication",
-        "yes",
-    ];
-    let a = Redis::start(&pki, &auth);
-    let a_port = a.port.to_string();
-    let b = Redis::start(
-        &pki,
-        &[&auth[..], &["--replicaof", "127.0.0.1", &a_port]].concat(),
-    );
-    (pki, a, b)
-}
-
-async fn wait_for_replica(a: &Redis, pki: &Pki) {
-    eventually("the replica online", || async {
-        let mut d = direct(a, pki, TOKEN).await;
-        roundtrip(&mut d, &cmd(&["INFO", "replication"]))
-            .await
-            .contains("state=online")
-    })
-    .await;
-}
-
 /// `WAIT` counts the replicas that acknowledged this client's writes, even when they were made
 /// on a shared session.
 #[tokio::test]
 async fn wait_counts_acknowledgements_of_the_clients_own_writes() {
-    let (pki, a, b) = primary_and_replica();
-    wait_for_replica(&a, &pki).await;
+    let (pki, a, b) = primary_and_replica(TOKEN).await;
     let tunnel = Tunnel::start(&config(
         &pki,
         &format!("localhost:{}", a.port),

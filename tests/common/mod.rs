@@ -202,6 +202,44 @@ pub async fn direct(
     s
 }
 
+/// A primary A and its replica B over TLS, both requiring `token`, B in sync.
+pub async fn primary_and_replica(token: &str) -> (Pki, Redis, Redis) {
+    let pki = pki(&["localhost"]);
+    let auth = [
+        "--requirepass",
+        token,
+        "--masterauth",
+        token,
+        "--tls-replication",
+        "yes",
+    ];
+    let a = Redis::start(&pki, &auth);
+    let a_port = a.port.to_string();
+    let b = Redis::start(
+        &pki,
+        &[&auth[..], &["--replicaof", "127.0.0.1", &a_port]].concat(),
+    );
+    eventually("the replica in sync", || async {
+        let mut d = direct(&a, &pki, token).await;
+        roundtrip(&mut d, &cmd(&["INFO", "replication"]))
+            .await
+            .contains("state=online")
+    })
+    .await;
+    (pki, a, b)
+}
+
+/// A failover by hand: B becomes the primary, A its replica.
+pub async fn swap_roles(pki: &Pki, a: &Redis, b: &Redis, token: &str) {
+    let mut db = direct(b, pki, token).await;
+    let promote = cmd(&["REPLICAOF", "NO", "ONE"]);
+    assert_eq!(roundtrip(&mut db, &promote).await, "+OK\r\n");
+    let mut da = direct(a, pki, token).await;
+    let b_port = b.port.to_string();
+    let demote = cmd(&["REPLICAOF", "127.0.0.1", &b_port]);
+    assert_eq!(roundtrip(&mut da, &demote).await, "+OK\r\n");
+}
+
 /// Polls `check` until it holds (bounded by [`WAIT`]): for server-side state that has no
 /// event to wait on.
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
