@@ -27,14 +27,19 @@ async fn pooled_tunnel(pool: &str) -> (Pki, Redis, Tunnel) {
     (pki, redis, tunnel)
 }
 
-/// `connected_clients` of the server, read over a direct connection (which counts itself).
-async fn connected_clients(redis: &Redis, pki: &Pki) -> u64 {
+/// A number from the server's `INFO section`, read over a direct connection (which the server
+/// counts too).
+async fn info_number(redis: &Redis, pki: &Pki, section: &str, field: &str) -> u64 {
     let mut d = direct(redis, pki, TOKEN).await;
-    let info = roundtrip(&mut d, &cmd(&["INFO", "clients"])).await;
+    let info = roundtrip(&mut d, &cmd(&["INFO", section])).await;
     info.lines()
-        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
+}
+
+async fn connected_clients(redis: &Redis, pki: &Pki) -> u64 {
+    info_number(redis, pki, "clients", "connected_clients").await
 }
 
 /// A `role = "primary"` tunnel that knows both nodes.
@@ -509,14 +514,8 @@ async fn failover_moves_shared_clients_without_a_reconnect() {
     );
 }
 
-/// The server's `total_connections_received`, read over a direct connection.
 async fn connections_received(redis: &Redis, pki: &Pki) -> u64 {
-    let mut d = direct(redis, pki, TOKEN).await;
-    let info = roundtrip(&mut d, &cmd(&["INFO", "stats"])).await;
-    info.lines()
-        .find_map(|l| l.strip_prefix("total_connections_received:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    info_number(redis, pki, "stats", "total_connections_received").await
 }
 
 #[tokio::test]
