@@ -324,6 +324,11 @@ impl Scanner {
     fn number(&mut self, ty: u8, neg: bool, val: u64, streamed: bool) -> Result<bool, ScanError> {
         if self.dir == Dir::Request {
             if ty == b'*' {
+                // More arguments than Redis counts (INT_MAX): it refuses at once; waiting for
+                // them would hang the client.
+                if !neg && val > i32::MAX as u64 {
+                    return Err(ScanError::MultibulkLength);
+                }
                 // `*0`, `*-1`: Redis skips the frame without a reply.
                 let argc = if neg {
                     -(val.min(i64::MAX as u64) as i64)
@@ -532,6 +537,13 @@ mod tests {
         assert_eq!(err, ScanError::Length);
         let err = boundaries(Dir::Reply, b"*99999999999999999999\r\n", &[]).unwrap_err();
         assert_eq!(err, ScanError::Length);
+    }
+
+    #[test]
+    fn a_count_redis_cannot_hold_is_refused_as_redis_refuses_it() {
+        let err = boundaries(Dir::Request, b"*3000000000\r\n", &[]).unwrap_err();
+        assert_eq!(err.to_string(), "invalid multibulk length");
+        assert!(boundaries(Dir::Request, b"*2147483647\r\n", &[]).is_ok());
     }
 
     #[test]
