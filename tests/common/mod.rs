@@ -374,9 +374,11 @@ pub async fn connect(addr: SocketAddr) -> TcpStream {
         .expect("connect")
 }
 
-/// Sends `cmd` and returns the one complete reply, byte for byte.
+/// Sends `cmd` and returns the one complete reply, byte for byte. Flushes: a TLS stream may
+/// keep the end of a large write back until then.
 pub async fn roundtrip<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, cmd: &[u8]) -> String {
     s.write_all(cmd).await.unwrap();
+    s.flush().await.unwrap();
     read_reply(s).await
 }
 
