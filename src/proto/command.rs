@@ -47,9 +47,10 @@ pub fn classify(name: &[u8]) -> Cmd {
     }
 }
 
-/// Commands whose effect and reply depend only on their arguments and the keyspace of db 0
-/// (never on connection state, never blocking, one reply each in RESP2), so several clients'
-/// requests may share one upstream session. Sorted, upper case. Anything not listed (AUTH,
+/// Commands whose effect and reply depend only on their arguments, the keyspace of db 0 and the
+/// server's own state (never on connection state, never blocking, one reply each in RESP2), so
+/// several clients' requests may share one upstream session: the data commands, and what client
+/// libraries and test setups ask of the server (`INFO`, `COMMAND`, `TIME`, `FLUSHALL`…). Sorted, upper case. Anything not listed (AUTH,
 /// SELECT, MULTI, WATCH, the blocking commands, SUBSCRIBE, CLIENT, HELLO, EVAL, WAIT, admin
 /// commands…) gives the client a session of its own.
 const SHAREABLE: &[&str] = &[
@@ -59,6 +60,7 @@ const SHAREABLE: &[&str] = &[
     "BITFIELD_RO",
     "BITOP",
     "BITPOS",
+    "COMMAND",
     "COPY",
     "DBSIZE",
     "DECR",
@@ -70,6 +72,8 @@ const SHAREABLE: &[&str] = &[
     "EXPIRE",
     "EXPIREAT",
     "EXPIRETIME",
+    "FLUSHALL",
+    "FLUSHDB",
     "GEOADD",
     "GEODIST",
     "GEOHASH",
@@ -103,6 +107,9 @@ const SHAREABLE: &[&str] = &[
     "INCR",
     "INCRBY",
     "INCRBYFLOAT",
+    "INFO",
+    "KEYS",
+    "LASTSAVE",
     "LCS",
     "LINDEX",
     "LINSERT",
@@ -120,6 +127,7 @@ const SHAREABLE: &[&str] = &[
     "MGET",
     "MSET",
     "MSETNX",
+    "OBJECT",
     "PERSIST",
     "PEXPIRE",
     "PEXPIREAT",
@@ -131,6 +139,7 @@ const SHAREABLE: &[&str] = &[
     "PSETEX",
     "PTTL",
     "PUBLISH",
+    "RANDOMKEY",
     "RENAME",
     "RENAMENX",
     "RESTORE",
@@ -164,6 +173,7 @@ const SHAREABLE: &[&str] = &[
     "STRLEN",
     "SUNION",
     "SUNIONSTORE",
+    "TIME",
     "TOUCH",
     "TTL",
     "TYPE",
