@@ -11,10 +11,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use sd_notify::NotifyState;
 
 use crate::config::{Config, ConfigError, SingleListener};
+use crate::limits::SECRET_POLL;
 use crate::server::{Reloader, Server};
-
-/// How often `password_file`s are checked for a rotated secret.
-const SECRET_POLL: Duration = Duration::from_secs(2);
 
 /// TLS tunnel for Redis clients that cannot speak TLS: plain RESP in, verified TLS (and AUTH) out.
 #[derive(Parser, Debug)]

@@ -29,12 +29,22 @@ pub const MAX_OWN_REPLY: usize = 64 * 1024;
 /// Deepest aggregate nesting accepted in a reply (Redis nests a handful of levels).
 pub const MAX_REPLY_DEPTH: usize = 512;
 
+/// The start of a reply kept while it is scanned: enough to read an error's first line (the
+/// refusal of an injected command, to log; `-READONLY` / `-UNBLOCKED … master -> replica`, to
+/// see a demotion) or a push's kind, and never more, whatever the reply's length.
+pub const REPLY_HEAD: usize = 256;
+
 // ---- A client on a session of its own --------------------------------------------------------
 
 /// Entries in the reply FIFO beyond which the client is not read until replies drain. Runs of
 /// ordinary requests merge into one entry, so only commands the tunnel answers or tracks itself
 /// (an absorbed AUTH, RESET, HELLO…) count: this bounds the tunnel's memory, not the pipeline.
 pub const MAX_FIFO_ENTRIES: usize = 4096;
+
+/// Commands a client sent on shared sessions that are kept to replay on a session of its own
+/// (`HELLO 3`, `CLIENT SETNAME|SETINFO`); one that renames its connection without end goes to a
+/// session of its own instead.
+pub const MAX_REPLAY: usize = 64;
 
 /// How long a connection the tunnel closes is kept half-open to drain its input, so that the
 /// last reply is not destroyed by a reset when the client writes after it.
@@ -78,6 +88,10 @@ pub const NODE_GRACE: Duration = Duration::from_secs(5);
 
 /// How often every listener re-resolves its upstream names and, with a `role`, re-checks it.
 pub const NODE_CHECK: Duration = Duration::from_secs(1);
+
+/// Nodes remembered as moved away (to retire sessions made to them before): more than a few
+/// only happen over months.
+pub const REMEMBERED_MOVES: usize = 64;
 
 /// Dial retry backoff while the upstream fails: doubling, with ±50 % jitter so that many tunnels
 /// (or listeners) do not retry in step.

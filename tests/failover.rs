@@ -261,3 +261,27 @@ async fn requests_behind_a_write_the_node_never_takes_are_answered_in_time() {
     );
     relay.set(Mode::Pass);
 }
+
+/// A node made a replica on purpose while the name still points at it (what Redis's own suite
+/// does): a client sees what it would directly, READONLY and all, and keeps its connection.
+#[tokio::test]
+async fn a_node_demoted_where_the_name_still_points_keeps_its_clients() {
+    let pki = pki(&["localhost"]);
+    let redis = Redis::start(&pki, &["--requirepass", TOKEN, "--masterauth", TOKEN]);
+    let upstream = format!("\"localhost:{}\"", redis.port);
+    let tunnel = Tunnel::start(&config(&pki, &upstream, "")).await;
+    let mut c = connect(tunnel.addr()).await;
+    let nowhere = free_port().to_string();
+    for (command, want) in [
+        (vec!["SET", "k", "1"], "+OK\r\n"),
+        (vec!["REPLICAOF", "127.0.0.1", &nowhere], "+OK\r\n"),
+        (
+            vec!["SET", "k", "2"],
+            "-READONLY You can't write against a read only replica.\r\n",
+        ),
+        (vec!["REPLICAOF", "NO", "ONE"], "+OK\r\n"),
+        (vec!["SET", "k", "3"], "+OK\r\n"),
+    ] {
+        assert_eq!(roundtrip(&mut c, &cmd(&command)).await, want, "{command:?}");
+    }
+}

@@ -27,7 +27,7 @@ use crate::lock;
 use crate::ops::metrics::ListenerMetrics;
 use crate::proto::engine::{Entry, Fifo, Op, Replies, Requests};
 use crate::upstream::Truth;
-use crate::upstream::conn::{At, Conn, NodeRole};
+use crate::upstream::conn::{At, Conn};
 
 /// Where a client starts on a session of its own.
 pub(super) struct Start {
@@ -502,13 +502,9 @@ impl ReplySide<'_, '_> {
             return Ok(Some(ReplyEnd::Tunnel));
         }
         if progress.demoted {
+            // The node authority decides whether this session's node moved; if so, the truth
+            // changes and the session closes at its next boundary (see `wait`).
             self.handle.borrow().node.demoted(&self.at);
-            // A session that reached a primary is on a demoted node; a replica answers writes
-            // with READONLY as a matter of course.
-            if self.at.role == Some(NodeRole::Primary) {
-                tracing::info!(listener = %self.name, peer = %self.at.peer, "the node answered as a replica; closing this session");
-                self.draining = true;
-            }
         }
         Ok((self.draining && self.replies.at_boundary()).then_some(ReplyEnd::Tunnel))
     }

@@ -25,9 +25,7 @@ use super::command::{self, Cmd};
 use super::scan::{Dir, ScanError, Scanner};
 use crate::config::{ClientAuth, Credentials};
 pub use crate::limits::HOLD_LIMIT;
-
-/// Longest swallowed reply kept to explain a failed injected command.
-const CAPTURE: usize = 256;
+use crate::limits::REPLY_HEAD as CAPTURE;
 
 pub const NOAUTH: &[u8] = b"-NOAUTH Authentication required.\r\n";
 pub const WRONGPASS: &[u8] = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n";

@@ -15,11 +15,7 @@ use super::command::{self, Cmd};
 use super::engine::{HOLD_LIMIT, credentials_match, protocol_error};
 use super::scan::{Dir, FrameInfo, MAX_INLINE, Scanner};
 use crate::config::{ClientAuth, Credentials};
-use crate::limits::{UNAUTHENTICATED_ARGS, UNAUTHENTICATED_BULK};
-
-/// Commands kept for replay, at most; a client that renames its connection without end goes to a
-/// session of its own instead.
-const MAX_REPLAY: usize = 64;
+use crate::limits::{MAX_REPLAY, UNAUTHENTICATED_ARGS, UNAUTHENTICATED_BULK};
 
 const OK: &[u8] = b"+OK\r\n";
 const BAD_NAME: &[u8] =

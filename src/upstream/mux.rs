@@ -37,7 +37,9 @@ use super::dial::{DialError, Stage};
 use super::node::{Node, Truth};
 use super::pool::Pool;
 use crate::config::PoolConfig;
-use crate::limits::{BATCH_BYTES, NODE_GRACE, READ_BUF, SHARED_QUEUE_HARD, SHARED_STALL};
+use crate::limits::{
+    BATCH_BYTES, NODE_GRACE, READ_BUF, REPLY_HEAD as ERROR_HEAD, SHARED_QUEUE_HARD, SHARED_STALL,
+};
 use crate::lock;
 use crate::ops::metrics::{GaugeGuard, ListenerMetrics};
 use crate::proto;
@@ -651,9 +653,6 @@ struct ErrorHead {
     on: bool,
     bytes: Vec<u8>,
 }
-
-/// Enough of an error reply to recognise a demotion.
-const ERROR_HEAD: usize = 128;
 
 impl ErrorHead {
     fn start(&mut self, first: u8) {

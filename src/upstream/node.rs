@@ -5,10 +5,11 @@
 //! Every second it re-resolves the listener's names, whatever its `role`. With a `role` it also
 //! asks the node it follows (over a probe session of its own) what it is now, and when the name
 //! or the answer says otherwise it dials the candidates to find the node that has the role. Without
-//! a `role` the listener follows what the name points to: a primary that the name no longer
-//! gives, or that a session saw demoted (`-READONLY`, `-UNBLOCKED … master -> replica`), has
-//! moved, and sessions made to it before are retired. Sessions to replicas (a reader endpoint,
-//! whose name rotates over them) are left alone.
+//! a `role` the listener follows what the name points to: once the name has pointed at a
+//! primary, a session on an address the name no longer gives is on a node that moved, and is
+//! retired; a session that sees its node demoted (`-READONLY`, `-UNBLOCKED … master ->
+//! replica`) makes the check run at once. A reader endpoint, whose name rotates over replicas,
+//! leaves its sessions alone.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -21,12 +22,9 @@ use super::conn::{self, At, Conn, NodeRole};
 use super::dial::{Stage, dial};
 use super::resolve::Resolver;
 use crate::config::{ListenerConfig, Role};
-use crate::limits::NODE_CHECK;
+use crate::limits::{NODE_CHECK, REMEMBERED_MOVES};
 use crate::lock;
 use crate::ops::metrics::ListenerMetrics;
-
-/// Moves remembered for `role = "any"`: more than a few only happen over months.
-const REMEMBERED_MOVES: usize = 64;
 
 /// Where the upstream is now, as every session must see it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -179,16 +177,20 @@ impl Node {
         }
     }
 
-    /// A session at `at` was told its node is a replica now. Only a session that reached a
-    /// primary can learn anything from that: its node was demoted under it, and every session
-    /// made to it before is retired at once (so a client sees `-READONLY` at most once). With a
-    /// `role`, the check runs now to find where the primary went.
+    /// A session at `at` was told its node is a replica now (`-READONLY`, `-UNBLOCKED …`).
+    ///
+    /// Without a `role` the name decides: the check runs now, and if the name already points
+    /// elsewhere every session on the old node is retired at once (so a client sees
+    /// `-READONLY` at most once); if it still points there (its DNS lags, or the node was made a
+    /// replica on purpose) the listener stays, as a direct client reconnecting would. With
+    /// `role = "primary"` a session that reached a primary is on a node that lost the role: every
+    /// session made to it before is retired at once, and the check finds where the primary went.
     pub fn demoted(&self, at: &At) {
-        if at.role != Some(NodeRole::Primary) {
-            // A replica behind a primary endpoint: the name lags the failover. Look again now.
-            if self.inner.l.role == Role::Any && self.inner.truth.borrow().follows_primary {
-                self.inner.check_now.notify_one();
-            }
+        let role = self.inner.l.role;
+        if role == Role::Any && self.inner.truth.borrow().follows_primary {
+            self.inner.check_now.notify_one();
+        }
+        if role != Role::Primary || at.role != Some(NodeRole::Primary) {
             return;
         }
         let left = self.inner.truth.send_if_modified(|t| {
@@ -211,9 +213,7 @@ impl Node {
             };
             self.moved(at.peer, &new);
         }
-        if self.inner.l.role != Role::Any {
-            self.inner.check_now.notify_one();
-        }
+        self.inner.check_now.notify_one();
     }
 
     fn moved(&self, old: SocketAddr, new: &str) {
