@@ -864,10 +864,16 @@ impl Reader {
                 fault = Some("the server sent a reply nobody asked for".to_owned());
                 break;
             };
+            frame_start = i;
             if scan.at_boundary() {
+                // Nothing shared subscribes or tracks, so a push has no owner here; taking it
+                // for a reply would hand every later reply to the wrong client.
+                if data[i] == b'>' {
+                    fault = Some("the server sent a push frame on a shared session".to_owned());
+                    break;
+                }
                 head.start(data[i]);
             }
-            frame_start = i;
             let (n, complete) = match scan.feed(&data[i..]) {
                 Ok(x) => x,
                 Err(e) => {
