@@ -22,12 +22,15 @@ use crate::ops::metrics::Metrics;
 use crate::upstream::Resolver;
 
 /// A listener (or the admin endpoint) that could not be bound; the process exits 1.
+///
+/// The OS error is part of the message and deliberately not a `source()`: every caller prints
+/// the message whole, and a chain printer (`{:#}`) would repeat the cause.
 #[derive(Debug, thiserror::Error)]
-#[error("listener `{name}` cannot bind {addr}: {source}")]
+#[error("listener `{name}` cannot bind {addr}: {error}")]
 pub struct BindError {
     pub name: String,
     pub addr: SocketAddr,
-    pub source: io::Error,
+    pub error: io::Error,
 }
 
 /// Why a reload was not applied; the old configuration keeps serving.
@@ -285,10 +288,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 }
 
 async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, BindError> {
-    TcpListener::bind(addr).await.map_err(|source| BindError {
+    TcpListener::bind(addr).await.map_err(|error| BindError {
         name: name.to_owned(),
         addr,
-        source,
+        error,
     })
 }
 
@@ -348,13 +351,15 @@ impl Active {
 }
 
 fn warn_if_risky(l: &ListenerConfig, local: SocketAddr) {
-    for risk in risks(l, local) {
+    for risk in warnings(l, local) {
         tracing::warn!(listener = %l.name, listen = %local, upstream = %l.upstream_list(), "{risk}");
     }
 }
 
-/// What an operator must be told at start about this listener's exposure.
-fn risks(l: &ListenerConfig, local: SocketAddr) -> Vec<String> {
+/// What an operator must be told about this listener's exposure, bound at `local`: `run` logs
+/// it at WARN (at start and on reload) and `check` prints it, from this one list so the two
+/// never disagree.
+pub fn warnings(l: &ListenerConfig, local: SocketAddr) -> Vec<String> {
     let mut out = Vec::new();
     if l.insecure_skip_verify {
         out.push("insecure_skip_verify = true: the upstream certificate is NOT verified; anyone on the path can impersonate the server and read the traffic and AUTH token".to_owned());
@@ -436,19 +441,19 @@ mod tests {
     #[test]
     fn warns_about_skipped_verification_and_exposure() {
         let quiet = listener("", "127.0.0.1:6379");
-        assert!(risks(&quiet, quiet.listen).is_empty());
+        assert!(warnings(&quiet, quiet.listen).is_empty());
         let v6 = listener("", "[::1]:6379");
-        assert!(risks(&v6, v6.listen).is_empty());
+        assert!(warnings(&v6, v6.listen).is_empty());
         let loud = listener(
             "[tls]\ninsecure_skip_verify = true\n[auth]\npassword = \"t-0000000000000000\"\n[client_auth]\nmode = \"require\"\npassword = \"c-0000000000000000\"",
             "0.0.0.0:6379",
         );
-        let r = risks(&loud, loud.listen);
+        let r = warnings(&loud, loud.listen);
         assert_eq!(r.len(), 2, "{r:?}");
         assert!(r[0].contains("NOT verified"));
         assert!(r[1].contains("non-loopback") && r[1].contains("client_auth password"));
         let open = listener("[auth]\npassword = \"t-0000000000000000\"", "0.0.0.0:6379");
-        let r = risks(&open, open.listen);
+        let r = warnings(&open, open.listen);
         assert!(r[0].contains("injected credentials"), "{r:?}");
     }
 }

@@ -47,8 +47,16 @@ pub enum TlsError {
     Key { path: PathBuf, reason: String },
     #[error("client_cert and client_key must be given together")]
     HalfClientPair,
+    /// The rustls error is in the message, so it is not also a `source()` (a chain printer
+    /// would show it twice).
     #[error("rejected by rustls: {0}")]
-    Rustls(#[from] rustls::Error),
+    Rustls(rustls::Error),
+}
+
+impl From<rustls::Error> for TlsError {
+    fn from(e: rustls::Error) -> Self {
+        TlsError::Rustls(e)
+    }
 }
 
 impl TlsError {

@@ -76,9 +76,12 @@ fn a_listener_that_cannot_bind_exits_1_naming_it() {
     let (code, _, err) = run_bin(&["-c", &file], &[]);
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains(&format!("listener `primary` cannot bind {addr}")),
+        err.contains(&format!("listener `primary` cannot bind {addr}: ")),
         "{err}"
     );
+    // Each cause once: not `…in use (os error 98): Address already in use (os error 98)`.
+    assert_eq!(err.matches("os error").count(), 1, "{err}");
+    assert_eq!(err.matches(&addr.to_string()).count(), 1, "{err}");
 }
 
 #[tokio::test]
@@ -286,4 +289,233 @@ fn convert_stunnel_turns_the_guides_recipe_into_a_valid_config() {
     );
     let (code, _, err) = run_bin(&["convert-stunnel", "/nonexistent/stunnel.conf"], &[]);
     assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn under_json_logging_a_fatal_error_is_a_json_error_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_config(
+        dir.path(),
+        &format!("[[listener]]\nname = \"primary\"\nlisten = \"{addr}\"\nupstream = \"h:1\"\n"),
+    );
+    let (code, _, err) = run_bin(&["-c", &file, "--log-format", "json"], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert_json_error(&err, &format!("listener `primary` cannot bind {addr}: "));
+    // Logging starts before the config is read, so a config error is a JSON line too.
+    let file = write_config(dir.path(), "threads = \"two\"\n");
+    let (code, _, err) = run_bin(&["check", "-c", &file, "--log-format", "json"], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert_json_error(&err, &format!("{file}:1: threads: expected a whole number"));
+}
+
+/// Every line of `stderr` is a JSON object, and one is an ERROR containing `text`.
+fn assert_json_error(stderr: &str, text: &str) {
+    assert!(!stderr.trim().is_empty(), "nothing on stderr");
+    for line in stderr.lines() {
+        assert!(is_json(line), "not a JSON line: {line}");
+    }
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("\"level\":\"ERROR\"") && l.contains(text)),
+        "no ERROR line with `{text}`:\n{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn check_reports_the_warnings_run_logs() {
+    let pki = pki(&["localhost"]);
+    let redis = Redis::start(&pki, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_config(
+        dir.path(),
+        &format!(
+            "[tls]\ninsecure_skip_verify = true\n[[listener]]\nname = \"open\"\nlisten = \"0.0.0.0:0\"\nupstream = \"localhost:{}\"\nallow_unauthenticated = true\n",
+            redis.port
+        ),
+    );
+    let warned = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter_map(|l| l.strip_prefix("WARN  open  "))
+            .map(str::to_owned)
+            .collect()
+    };
+    let (code, out, err) = run_bin(&["check", "-c", &file], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.starts_with("config ok: 1 listener(s), 2 warning(s)\n"),
+        "{out}"
+    );
+    let warnings = warned(&out);
+    assert_eq!(warnings.len(), 2, "{out}");
+    assert!(
+        warnings[0]
+            .starts_with("insecure_skip_verify = true: the upstream certificate is NOT verified")
+    );
+    assert!(warnings[1].starts_with("listening on a non-loopback address"));
+    let (code, out, err) = run_bin(&["check", "-c", &file, "--connect"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.lines().any(|l| l.starts_with("ok    open  ")), "{out}");
+    assert_eq!(warned(&out), warnings, "{out}");
+    // `run` logs the very same warnings.
+    let mut bin = Bin::spawn(&["-c", &file], &[]);
+    for w in &warnings {
+        let line = bin.wait_line(|l| l.contains(w.as_str()));
+        assert!(line.contains("WARN"), "{line}");
+    }
+    bin.signal("TERM");
+    let (status, log) = bin.finish();
+    assert_eq!(status.code(), Some(0), "{log}");
+}
+
+#[tokio::test]
+async fn relative_paths_in_a_config_are_relative_to_its_directory() {
+    let pki = pki(&["localhost"]);
+    let redis = Redis::start(&pki, &["--requirepass", TOKEN]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&pki.ca, dir.path().join("ca.pem")).unwrap();
+    std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+    let file = write_config(
+        dir.path(),
+        &format!(
+            "[tls]\nca_file = \"ca.pem\"\n[auth]\npassword_file = \"token\"\n[[listener]]\nname = \"primary\"\nlisten = \"127.0.0.1:0\"\nupstream = \"localhost:{}\"\n",
+            redis.port
+        ),
+    );
+    // Started from another directory, as systemd or a shell elsewhere would.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ectunnel"))
+        .args(["check", "-c", &file, "--connect"])
+        .current_dir(elsewhere.path())
+        .env_remove("ECTUNNEL_CONFIG")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let ok = stdout.lines().find(|l| l.starts_with("ok    primary"));
+    assert!(ok.is_some_and(|l| l.contains("auth=ok")), "{stdout}");
+}
+
+#[test]
+fn convert_stunnel_names_its_input_once_and_reads_stdin_from_dash() {
+    let missing = "/nonexistent/stunnel.conf";
+    let (code, _, err) = run_bin(&["convert-stunnel", missing], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err.matches(missing).count(), 1, "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let server_only = dir.path().join("server.conf");
+    std::fs::write(
+        &server_only,
+        "[redis]\naccept = 6379\nconnect = 127.0.0.1:6380\n",
+    )
+    .unwrap();
+    let server_only = path_str(&server_only);
+    let (code, _, err) = run_bin(&["convert-stunnel", &server_only], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no client service"), "{err}");
+    assert_eq!(err.matches(&server_only).count(), 1, "{err}");
+
+    let guide = include_str!("data/redis-cli.conf");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ectunnel"))
+        .args(["convert-stunnel", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(guide.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let toml = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(toml.contains("converted from stdin"), "{toml}");
+    assert!(
+        toml.contains("[[listener]]\nname = \"redis-cli\""),
+        "{toml}"
+    );
+}
+
+/// Whether `s` is exactly one JSON value. The tests have no JSON crate; this is enough to tell
+/// a JSON log line from plain text or a truncated object.
+fn is_json(s: &str) -> bool {
+    let b = s.trim().as_bytes();
+    json_value(b, 0) == Some(b.len())
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while b.get(i).is_some_and(u8::is_ascii_whitespace) {
+        i += 1;
+    }
+    i
+}
+
+/// Reads one value starting at `i`; returns where it ends.
+fn json_value(b: &[u8], i: usize) -> Option<usize> {
+    let i = skip_ws(b, i);
+    match *b.get(i)? {
+        b'{' => json_seq(b, i + 1, b'}', |b, i| {
+            let i = skip_ws(b, json_string(b, skip_ws(b, i))?);
+            (b.get(i) == Some(&b':')).then_some(())?;
+            json_value(b, i + 1)
+        }),
+        b'[' => json_seq(b, i + 1, b']', json_value),
+        b'"' => json_string(b, i),
+        _ => {
+            let end = b[i..]
+                .iter()
+                .position(|&c| matches!(c, b',' | b'}' | b']') || c.is_ascii_whitespace())
+                .map_or(b.len(), |n| i + n);
+            let word = std::str::from_utf8(&b[i..end]).ok()?;
+            let scalar = matches!(word, "true" | "false" | "null") || word.parse::<f64>().is_ok();
+            scalar.then_some(end)
+        }
+    }
+}
+
+/// The items of an object or array up to `close`, each read by `item`.
+fn json_seq(
+    b: &[u8],
+    i: usize,
+    close: u8,
+    item: impl Fn(&[u8], usize) -> Option<usize>,
+) -> Option<usize> {
+    let mut i = skip_ws(b, i);
+    if b.get(i) == Some(&close) {
+        return Some(i + 1);
+    }
+    loop {
+        i = skip_ws(b, item(b, i)?);
+        match *b.get(i)? {
+            b',' => i += 1,
+            c if c == close => return Some(i + 1),
+            _ => return None,
+        }
+    }
+}
+
+fn json_string(b: &[u8], i: usize) -> Option<usize> {
+    (b.get(i) == Some(&b'"')).then_some(())?;
+    let mut j = i + 1;
+    loop {
+        match *b.get(j)? {
+            b'"' => return Some(j + 1),
+            b'\\' => j += 2,
+            c if c < 0x20 => return None,
+            _ => j += 1,
+        }
+    }
 }

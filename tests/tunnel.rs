@@ -258,9 +258,37 @@ async fn a_silent_server_times_out_in_the_tls_stage() {
     let mut c = connect(tunnel.addr()).await;
     assert_eq!(
         read_to_close(&mut c).await.unwrap(),
-        format!("-ERR ectunnel: tls {upstream}: timed out after 300ms\r\n")
+        format!(
+            "-ERR ectunnel: tls {upstream}: timed out after 300ms (the server did not answer in \
+             TLS: is the port right and in-transit encryption on?)\r\n"
+        )
     );
     hold.abort();
+}
+
+#[tokio::test]
+async fn a_plain_redis_server_fails_in_the_tls_stage_with_a_hint() {
+    // In-transit encryption off: redis takes the ClientHello for the start of an inline
+    // command and waits for its end (its search for the newline stops at the first NUL byte),
+    // so the handshake times out; were it to answer `-ERR` or close, the hint would be the same.
+    let plain = Redis::start_plain(&[]);
+    let upstream = plain.addr();
+    let pki = pki(&["localhost"]);
+    let config = listener_toml(&upstream, &pki, "connect_timeout = \"1s\"");
+    let tunnel = Tunnel::start(&config).await;
+    let mut c = connect(tunnel.addr()).await;
+    let got = read_to_close(&mut c).await.unwrap();
+    assert!(
+        got.starts_with(&format!("-ERR ectunnel: tls {upstream}: ")),
+        "{got}"
+    );
+    assert!(
+        got.ends_with(
+            "(the server did not answer in TLS: is the port right and in-transit encryption \
+             on?)\r\n"
+        ),
+        "{got}"
+    );
 }
 
 #[tokio::test]

@@ -212,13 +212,14 @@ impl std::str::FromStr for UpstreamAddr {
     }
 }
 
-/// A config problem: where, which key, what is wrong.
+/// A config problem: where, which key, what is wrong. Each message is whole, causes included
+/// (none is also a `source()`, which a chain printer would repeat).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read config file: {source}")]
+    #[error("{path}: cannot read config file: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{origin}: {key}: {message}")]
     Invalid {
@@ -262,23 +263,35 @@ impl Config {
         files
     }
 
-    /// Reads and validates a config file.
+    /// Reads and validates a config file. Relative paths in it (`ca_file`, `password_file`,
+    /// ...) are relative to the file's directory.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
-        Config::from_toml(&text, &path.display().to_string())
+        let source = Source {
+            name: path.display().to_string(),
+            text: Some(&text),
+            dir: Some(path.parent().unwrap_or(Path::new(""))),
+        };
+        Config::parse(&source)
     }
 
-    /// Parses and validates TOML text; `name` is what errors call the file.
+    /// Parses and validates TOML text; `name` is what errors call the file. Relative paths stay
+    /// relative to the working directory: there is no file to be relative to.
     pub fn from_toml(text: &str, name: &str) -> Result<Config, ConfigError> {
-        let source = Source {
+        Config::parse(&Source {
             name: name.to_owned(),
             text: Some(text),
-        };
+            dir: None,
+        })
+    }
+
+    fn parse(source: &Source<'_>) -> Result<Config, ConfigError> {
+        let text = source.text.unwrap_or_default();
         let raw: RawConfig = toml::from_str(text).map_err(|e| source.parse_error(&e))?;
-        validate(raw, &source)
+        validate(raw, source)
     }
 
     /// A one-listener tunnel from `--listen/--upstream/...`, validated like a file.
@@ -326,6 +339,7 @@ impl Config {
             &Source {
                 name: "command line".into(),
                 text: None,
+                dir: None,
             },
         )
     }

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use humantime_serde::Serde as HumanDuration;
@@ -19,13 +19,27 @@ use super::{
 use crate::limits::{MAX_MULTIPLEX, MAX_THREADS};
 use crate::tls::{self, MinVersion, TlsOptions};
 
-/// Where the raw config came from, to turn byte spans into `file:line`.
+/// Where the raw config came from, to turn byte spans into `file:line` and relative paths into
+/// paths that do not depend on where the process was started.
 pub(super) struct Source<'a> {
     pub(super) name: String,
     pub(super) text: Option<&'a str>,
+    /// The config file's directory, which relative paths in it are relative to; `None` (flags,
+    /// text without a file) leaves them relative to the working directory.
+    pub(super) dir: Option<&'a Path>,
 }
 
 impl Source<'_> {
+    /// A path as the config wrote it, resolved against the file's directory: `ca_file =
+    /// "ca.pem"` next to the config keeps working whatever directory systemd or a shell starts
+    /// the tunnel in.
+    fn path(&self, written: &Path) -> PathBuf {
+        match self.dir {
+            Some(dir) if written.is_relative() => dir.join(written),
+            _ => written.to_owned(),
+        }
+    }
+
     fn at(&self, span: &Range<usize>) -> String {
         match self.text {
             Some(text) => format!("{}:{}", self.name, line_of(text, span.start)),
@@ -41,19 +55,112 @@ impl Source<'_> {
         }
     }
 
-    /// A TOML syntax or type error: toml gives the span; the key is read off that line.
+    /// A TOML syntax or type error: toml gives the span; the key is read off that line. Where
+    /// the value written there is the wrong kind for the key, the message says what to write
+    /// instead of toml's terms (`invalid float`, `expected usize`).
     pub(super) fn parse_error(&self, e: &toml::de::Error) -> ConfigError {
         let span = e.span().unwrap_or(0..0);
-        let key = self
+        let (key, value) = self
             .text
-            .map(|text| key_at(text, span.start))
+            .map(|text| (key_at(text, span.start), value_at(text, span.start)))
             .unwrap_or_default();
+        let message = kind_hint(&key, &value).unwrap_or_else(|| e.message().trim().to_owned());
         ConfigError::Invalid {
             origin: self.at(&span),
             key,
-            message: e.message().trim().to_owned(),
+            message,
         }
     }
+}
+
+/// Keys that take a whole number, with an example value.
+pub(super) const NUMBER_KEYS: &[(&str, &str)] = &[
+    ("threads", "2"),
+    ("min_idle", "2"),
+    ("max_idle", "64"),
+    ("multiplex", "2"),
+];
+pub(super) const BOOL_KEYS: &[&str] = &["reuse", "insecure_skip_verify", "allow_unauthenticated"];
+pub(super) const DURATION_KEYS: &[&str] = &[
+    "connect_timeout",
+    "shutdown_grace",
+    "tcp_keepalive",
+    "max_lifetime",
+    "health_interval",
+    "shared_reply_timeout",
+];
+/// Keys that take a string (or a list of strings); with [`DURATION_KEYS`], those an unquoted
+/// value is wrong for. Other keys (a misspelt one, say) keep toml's message.
+pub(super) const STRING_KEYS: &[&str] = &[
+    "name",
+    "listen",
+    "upstream",
+    "role",
+    "protocol",
+    "mode",
+    "ca_file",
+    "server_name",
+    "min_version",
+    "client_cert",
+    "client_key",
+    "username",
+    "password_env",
+    "password_file",
+    "password",
+];
+
+/// What to write instead, when `value` (as written) is the wrong kind for `key`: a bare
+/// `listen = 127.0.0.1:6379` or `connect_timeout = 5s` (strings without quotes), a quoted or
+/// fractional number, a `yes` for a boolean. `None` when the value looks right for the key, so
+/// that toml's own message (a duplicate key, say) stands.
+fn kind_hint(key: &str, value: &str) -> Option<String> {
+    let leaf = key.rsplit('.').next().unwrap_or(key);
+    if value.is_empty() {
+        return None;
+    }
+    if let Some((_, example)) = NUMBER_KEYS.iter().find(|(k, _)| *k == leaf) {
+        let whole = value.replace('_', "").parse::<u64>().is_ok();
+        return (!whole)
+            .then(|| format!("expected a whole number, e.g. {leaf} = {example}; found {value}"));
+    }
+    if BOOL_KEYS.contains(&leaf) {
+        return (!matches!(value, "true" | "false"))
+            .then(|| format!("expected true or false, e.g. {leaf} = true; found {value}"));
+    }
+    let quoted = value.starts_with(['"', '\'', '[', '{']);
+    if quoted {
+        return None;
+    }
+    let suggested = if leaf == "password" {
+        // Never echo a secret, even a misquoted one.
+        "...".to_owned()
+    } else if DURATION_KEYS.contains(&leaf) && value.bytes().all(|b| b.is_ascii_digit()) {
+        format!("{value}s")
+    } else if DURATION_KEYS.contains(&leaf) || STRING_KEYS.contains(&leaf) {
+        value.to_owned()
+    } else {
+        return None;
+    };
+    Some(format!(
+        "values like addresses and durations are strings: write {leaf} = \"{suggested}\""
+    ))
+}
+
+/// The value on the `key = value` line holding `offset`, as written: a quoted string up to
+/// its closing quote, anything else up to a comment.
+fn value_at(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let Some((_, value)) = line.split_once('=') else {
+        return String::new();
+    };
+    let value = value.trim();
+    let end = match value.chars().next() {
+        Some(q @ ('"' | '\'')) => value[1..].find(q).map_or(value.len(), |i| i + 2),
+        _ => value.find('#').unwrap_or(value.len()),
+    };
+    value[..end].trim().to_owned()
 }
 
 /// A value that came from a flag, not a file: there is no line to point at.
@@ -463,7 +570,7 @@ fn tls_settings(
         ),
         None => None,
     };
-    let path = |v: Option<Merged<'_, PathBuf>>| v.map(|m| m.value.get_ref().clone());
+    let path = |v: Option<Merged<'_, PathBuf>>| v.map(|m| src.path(m.value.get_ref()));
     let insecure = merge(
         own.insecure_skip_verify.as_ref(),
         default.insecure_skip_verify.as_ref(),
@@ -658,7 +765,7 @@ fn credentials(
             }
         }
     } else if let Some(file) = &a.password_file {
-        let path = file.get_ref();
+        let path = &src.path(file.get_ref());
         let key = format!("{table}.password_file");
         let text = std::fs::read_to_string(path).map_err(|e| {
             src.invalid(
@@ -696,7 +803,7 @@ fn credentials(
     Ok(Credentials {
         username,
         password: Secret::new(password),
-        file: a.password_file.as_ref().map(|f| f.get_ref().clone()),
+        file: a.password_file.as_ref().map(|f| src.path(f.get_ref())),
     })
 }
 
@@ -973,6 +1080,53 @@ mod tests {
             e,
             "t.toml:2: pool.shared_reply_timeout: must be more than 0s"
         );
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_kind_says_what_to_write() {
+        let e = err("[[listener]]\nlisten = 127.0.0.1:6379\nupstream = \"h:1\"\n");
+        assert_eq!(
+            e,
+            "t.toml:2: listener.listen: values like addresses and durations are strings: \
+             write listen = \"127.0.0.1:6379\""
+        );
+        let e = err(&format!("connect_timeout = 5s # five\n{MIN}"));
+        assert!(e.starts_with("t.toml:1: connect_timeout: "), "{e}");
+        assert!(e.ends_with("write connect_timeout = \"5s\""), "{e}");
+        let e = err(&format!("connect_timeout = 5\n{MIN}"));
+        assert!(e.ends_with("write connect_timeout = \"5s\""), "{e}");
+        assert_eq!(
+            err(&format!("threads = \"two\"\n{MIN}")),
+            "t.toml:1: threads: expected a whole number, e.g. threads = 2; found \"two\""
+        );
+        let e = err(&format!("[pool]\nreuse = yes\n{MIN}"));
+        assert!(
+            e.starts_with("t.toml:2: pool.reuse: expected true or false"),
+            "{e}"
+        );
+        let e = err(&format!("[auth]\npassword = hunter2-secret\n{MIN}"));
+        assert!(e.starts_with("t.toml:2: auth.password: "), "{e}");
+        assert!(!e.contains("hunter2"), "a secret in an error: {e}");
+        // A right-looking value, or a key that is not ours, keeps toml's own message.
+        let e = err(&format!("threads = 2\nthreads = 3\n{MIN}"));
+        assert!(!e.contains("expected a whole number"), "{e}");
+        let e = err(&format!("treads = 2\n{MIN}"));
+        assert!(e.contains("unknown field `treads`"), "{e}");
+    }
+
+    #[test]
+    fn relative_paths_are_relative_to_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tok"), "file-token-123456\n").unwrap();
+        let file = dir.path().join("e.toml");
+        std::fs::write(&file, format!("[auth]\npassword_file = \"tok\"\n{MIN}")).unwrap();
+        let c = Config::from_file(&file).unwrap();
+        let a = c.listeners[0].auth.as_ref().unwrap();
+        assert_eq!(a.password.expose(), "file-token-123456");
+        assert_eq!(c.secret_files(), vec![dir.path().join("tok")]);
+        // Text without a file (and flags) keep the working directory.
+        let e = err(&format!("[auth]\npassword_file = \"tok\"\n{MIN}"));
+        assert!(e.contains("cannot read password file tok:"), "{e}");
     }
 
     #[test]

@@ -13,7 +13,12 @@ use crate::upstream::{self, DialError, Resolver};
 /// Prints what the config defines; with `connect`, dials every upstream (TCP, TLS, AUTH, PING)
 /// and prints one line per listener. Returns whether every listener passed.
 pub async fn check(config: &Config, connect: bool) -> bool {
-    println!("config ok: {} listener(s)", config.listeners.len());
+    let warned: usize = config.listeners.iter().map(|l| warnings(l).len()).sum();
+    let tail = match warned {
+        0 => String::new(),
+        n => format!(", {n} warning(s)"),
+    };
+    println!("config ok: {} listener(s){tail}", config.listeners.len());
     if !connect {
         for l in &config.listeners {
             println!(
@@ -24,6 +29,7 @@ pub async fn check(config: &Config, connect: bool) -> bool {
                 l.role,
                 auth_summary(l)
             );
+            print_warnings(l);
         }
         return true;
     }
@@ -37,8 +43,21 @@ pub async fn check(config: &Config, connect: bool) -> bool {
                 println!("FAIL  {}  {e}", l.name);
             }
         }
+        print_warnings(l);
     }
     all_ok
+}
+
+/// The warnings `run` logs when it starts this listener: a valid config can still be unsafe,
+/// and `check` saying "ok" must not hide it.
+fn warnings(l: &ListenerConfig) -> Vec<String> {
+    crate::server::warnings(l, l.listen)
+}
+
+fn print_warnings(l: &ListenerConfig) {
+    for w in warnings(l) {
+        println!("WARN  {}  {w}", l.name);
+    }
 }
 
 /// Runs the probes concurrently so that a timeout on one listener does not add to the others.

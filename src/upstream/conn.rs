@@ -151,7 +151,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
 pub enum ReplyError {
     #[error("connection closed by the server")]
     Closed,
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("unexpected reply `{0}`")]
     Unexpected(String),

@@ -61,6 +61,17 @@ pub struct DialError {
     pub reason: String,
 }
 
+impl DialError {
+    /// The message without a final period, for a log line that goes on after it (a server's
+    /// reason is often a sentence: `…disabled.; retrying` reads as a typo).
+    pub fn clause(&self) -> String {
+        let mut s = self.to_string();
+        let kept = s.trim_end().trim_end_matches('.').len();
+        s.truncate(kept);
+        s
+    }
+}
+
 /// Dials the listener's upstream. DNS is resolved here, every time, never cached: the primary
 /// endpoint's name moves to the new primary on failover. The session's [`At::born`] is left for
 /// the node authority to set.
@@ -181,8 +192,8 @@ async fn reach(
     let connector = TlsConnector::from(l.tls.clone());
     let mut stream = match timeout(t, connector.connect(up.server_name.clone(), tcp)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err((Stage::Tls, e.to_string())),
-        Err(_) => return Err((Stage::Tls, timed_out(t))),
+        Ok(Err(e)) => return Err((Stage::Tls, tls_failed(&e))),
+        Err(_) => return Err((Stage::Tls, format!("{} {NO_TLS}", timed_out(t)))),
     };
     let mut leftover = BytesMut::new();
     match timeout(t, handshake(&mut stream, l, &mut leftover)).await {
@@ -194,6 +205,34 @@ async fn reach(
 
 fn timed_out(t: Duration) -> String {
     format!("timed out after {}", humantime::format_duration(t))
+}
+
+/// What a handshake that gets no TLS back most often means: a wrong port, or a cluster with
+/// in-transit encryption off (a plain Redis reads the ClientHello as a command, answers `-ERR`
+/// or closes, or waits for the end of the line).
+const NO_TLS: &str =
+    "(the server did not answer in TLS: is the port right and in-transit encryption on?)";
+
+/// The reason for a failed handshake, with [`NO_TLS`] when the server answered with something
+/// that is not TLS or hung up without a word; a TLS answer (a certificate problem, an alert)
+/// speaks for itself.
+fn tls_failed(e: &io::Error) -> String {
+    let not_tls = match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::InvalidMessage(_)) => true,
+        Some(_) => false,
+        None => matches!(
+            e.kind(),
+            io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+        ),
+    };
+    if not_tls {
+        format!("{e} {NO_TLS}")
+    } else {
+        e.to_string()
+    }
 }
 
 /// Sends `AUTH` and `HELLO 2`, pipelined in one round trip, and checks both replies before any
@@ -244,5 +283,36 @@ async fn ask_role(
         Ok(OwnedFrame::Error(e)) => Err((Stage::Role, e)),
         Ok(other) => Err((Stage::Role, format!("unexpected ROLE reply {other:?}"))),
         Err(e) => Err((Stage::Role, e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_handshake_answered_without_tls_gets_the_hint_and_a_tls_refusal_does_not() {
+        let garbage = rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType);
+        let e = io::Error::new(io::ErrorKind::InvalidData, garbage);
+        assert!(tls_failed(&e).ends_with(NO_TLS), "{}", tls_failed(&e));
+        let eof = io::Error::new(io::ErrorKind::UnexpectedEof, "tls handshake eof");
+        assert_eq!(tls_failed(&eof), format!("tls handshake eof {NO_TLS}"));
+        let cert = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let e = io::Error::new(io::ErrorKind::InvalidData, cert);
+        assert_eq!(tls_failed(&e), "invalid peer certificate: UnknownIssuer");
+    }
+
+    #[test]
+    fn a_reason_ending_in_a_period_loses_it_mid_sentence() {
+        let e = |reason: &str| DialError {
+            stage: Stage::Auth,
+            upstream: "h:1".into(),
+            reason: reason.into(),
+        };
+        assert_eq!(
+            e("ERR this is disabled.").clause(),
+            "auth h:1: ERR this is disabled"
+        );
+        assert_eq!(e("WRONGPASS x").clause(), "auth h:1: WRONGPASS x");
     }
 }

@@ -366,7 +366,7 @@ async fn dial_or_back_off(pool: &Pool, backoff: &mut Duration) -> Option<Conn> {
         }
         Err(e) => {
             if lock(&inner.failing).replace(e.clone()).is_none() {
-                tracing::warn!(listener = %l.name, "cannot fill the pool ({e}); retrying with backoff");
+                tracing::warn!(listener = %l.name, "cannot fill the pool ({}); retrying with backoff", e.clause());
             }
             let pause = jitter(*backoff);
             *backoff = (*backoff * 2).min(BACKOFF_MAX);

@@ -57,7 +57,8 @@ pub fn pki(names: &[&str]) -> Pki {
     }
 }
 
-/// A real `redis-server` listening only for TLS on 127.0.0.1, killed on drop.
+/// A real `redis-server` on 127.0.0.1, listening only for TLS (or, from
+/// [`Redis::start_plain`], only for plain TCP), killed on drop.
 pub struct Redis {
     child: Child,
     pub port: u16,
@@ -73,6 +74,40 @@ impl Redis {
 
     /// Like [`Redis::start`], on `port` when given (for a restart on the same address).
     pub fn start_on(pki: &Pki, port: Option<u16>, extra: &[&str]) -> Redis {
+        Self::launch(port, extra, "with TLS", |port| {
+            let port = port.to_string();
+            let mut args: Vec<std::ffi::OsString> = ["--port", "0", "--tls-port", &port]
+                .into_iter()
+                .map(Into::into)
+                .collect();
+            for (flag, file) in [
+                ("--tls-cert-file", &pki.cert),
+                ("--tls-key-file", &pki.key),
+                ("--tls-ca-cert-file", &pki.ca),
+            ] {
+                args.extend([flag.into(), file.into()]);
+            }
+            args.extend(["--tls-auth-clients".into(), "no".into()]);
+            args
+        })
+    }
+
+    /// A redis-server that speaks plain TCP only: what an endpoint with in-transit encryption
+    /// off (or a wrong port) looks like to the tunnel.
+    pub fn start_plain(extra: &[&str]) -> Redis {
+        Self::launch(None, extra, "without TLS", |port| {
+            vec!["--port".into(), port.to_string().into()]
+        })
+    }
+
+    /// Starts redis-server on 127.0.0.1 with `listen(port)` as its port arguments. Waits for
+    /// the server's own "Ready to accept connections" line, not for a timer.
+    fn launch(
+        port: Option<u16>,
+        extra: &[&str],
+        what: &str,
+        listen: impl Fn(u16) -> Vec<std::ffi::OsString>,
+    ) -> Redis {
         let mut log = String::new();
         for _ in 0..5 {
             // The port is free now; redis cannot bind port 0 itself. A race with another
@@ -80,28 +115,9 @@ impl Redis {
             let port = port.unwrap_or_else(free_port);
             let dir = tempfile::tempdir().unwrap();
             let mut child = Command::new("redis-server")
-                .args([
-                    "--port",
-                    "0",
-                    "--bind",
-                    "127.0.0.1",
-                    "--tls-port",
-                    &port.to_string(),
-                ])
-                .arg("--tls-cert-file")
-                .arg(&pki.cert)
-                .arg("--tls-key-file")
-                .arg(&pki.key)
-                .arg("--tls-ca-cert-file")
-                .arg(&pki.ca)
-                .args([
-                    "--tls-auth-clients",
-                    "no",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
+                .args(["--bind", "127.0.0.1"])
+                .args(listen(port))
+                .args(["--save", "", "--appendonly", "no"])
                 .args(["--logfile", "", "--daemonize", "no"])
                 .arg("--dir")
                 .arg(dir.path())
@@ -133,7 +149,7 @@ impl Redis {
             let _ = child.kill();
             let _ = child.wait();
         }
-        panic!("redis-server did not start with TLS after 5 attempts:\n{log}");
+        panic!("redis-server did not start {what} after 5 attempts:\n{log}");
     }
 
     pub fn addr(&self) -> String {
