@@ -156,6 +156,11 @@ impl Metrics {
             "Configuration reloads by result (ok, error)",
             m.reloads.clone(),
         );
+        // Both results exist at 0 from the start: an alert on `increase(..{result="error"}[15m])`
+        // and a dashboard need a series before the first reload, not an absent one.
+        for result in ["ok", "error"] {
+            m.reloads.get_or_create_owned(&ReloadLabel { result });
+        }
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -180,6 +185,12 @@ impl Metrics {
                 })
                 .clone()
         };
+        // `result="ok"` exists at 0 as soon as the listener does, so "failed dials and no ok
+        // dial" is computable (and alertable) for an upstream that was never reachable.
+        self.dials.get_or_create_owned(&DialLabels {
+            listener: name.to_owned(),
+            result: "ok",
+        });
         ListenerMetrics {
             name: name.to_owned(),
             clients_open: self.clients_open.get_or_create(&l).clone(),
@@ -269,5 +280,28 @@ pub struct GaugeGuard(Gauge);
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reload_results_are_exposed_at_zero_before_any_reload() {
+        let text = Metrics::new().encode();
+        for result in ["ok", "error"] {
+            let line = format!("ectunnel_config_reloads_total{{result=\"{result}\"}} 0");
+            assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_listener_exposes_ok_dials_at_zero_before_any_dial() {
+        let m = Metrics::new();
+        let _l = m.listener("primary");
+        let text = m.encode();
+        let line = r#"ectunnel_dials_total{listener="primary",result="ok"} 0"#;
+        assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
     }
 }
