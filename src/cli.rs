@@ -54,8 +54,20 @@ enum Command {
     },
     /// Print an ectunnel config equivalent to an stunnel client configuration.
     ConvertStunnel {
-        /// The stunnel configuration file, e.g. /etc/stunnel/redis-cli.conf.
+        /// The stunnel configuration file, e.g. /etc/stunnel/redis-cli.conf, or - for standard input.
         file: PathBuf,
+    },
+    /// Print the completion script for a shell (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum, value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `ectunnel man | man -l -` shows it.
+    Man {
+        /// Write ectunnel.1 and one page per command (ectunnel-check.1, …) into DIR instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -149,27 +161,50 @@ enum LogFormat {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log);
+    let log_format = cli.log.log_format;
     let (source, check) = match cli.command {
         None => (cli.source, None),
         Some(Command::Run { source }) => (source, None),
         Some(Command::Check { source, connect }) => (source, Some(connect)),
         Some(Command::Health { admin }) => return health(&admin),
-        Some(Command::ConvertStunnel { file }) => return convert_stunnel(&file),
+        Some(Command::ConvertStunnel { file }) => return convert_stunnel(&file, log_format),
+        Some(Command::Completions { shell }) => {
+            return crate::tools::docs::completions(
+                shell,
+                <Cli as clap::CommandFactory>::command(),
+            );
+        }
+        Some(Command::Man { dir }) => {
+            return crate::tools::docs::man(
+                <Cli as clap::CommandFactory>::command(),
+                dir.as_deref(),
+            );
+        }
     };
     let file = config_path(&source);
     let config = match load(&source, file.as_deref()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("ectunnel: config error: {e}");
+            fatal(log_format, &format!("config error: {e}"));
             return ExitCode::from(2);
         }
     };
     match execute(config, file, check) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ectunnel: {e:#}");
+            fatal(log_format, &format!("{e:#}"));
             ExitCode::from(1)
         }
+    }
+}
+
+/// Reports the error that ends the process. Under `--log-format json` it is a log event (level
+/// ERROR) like every other line, since whatever reads stderr then expects one JSON object per
+/// line; as text it is a plain message, for a person at a terminal.
+fn fatal(log_format: LogFormat, message: &str) {
+    match log_format {
+        LogFormat::Json => tracing::error!("{message}"),
+        LogFormat::Text => eprintln!("ectunnel: {message}"),
     }
 }
 
@@ -307,21 +342,31 @@ fn health(admin: &str) -> ExitCode {
     }
 }
 
-fn convert_stunnel(file: &Path) -> ExitCode {
-    let text = match std::fs::read_to_string(file) {
+/// `convert-stunnel FILE`, or `-` for standard input (`cat stunnel.conf | ectunnel
+/// convert-stunnel -`). The converter's errors already name the input and line.
+fn convert_stunnel(file: &Path, log_format: LogFormat) -> ExitCode {
+    let (name, read) = if file == Path::new("-") {
+        (
+            "stdin".to_owned(),
+            std::io::read_to_string(std::io::stdin()),
+        )
+    } else {
+        (file.display().to_string(), std::fs::read_to_string(file))
+    };
+    let text = match read {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("ectunnel: {}: cannot read: {e}", file.display());
+            fatal(log_format, &format!("{name}: cannot read: {e}"));
             return ExitCode::from(2);
         }
     };
-    match crate::tools::stunnel::convert(&text, &file.display().to_string()) {
+    match crate::tools::stunnel::convert(&text, &name) {
         Ok(toml) => {
             print!("{toml}");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("ectunnel: {}: {e}", file.display());
+            fatal(log_format, &e.to_string());
             ExitCode::from(2)
         }
     }
@@ -377,4 +422,76 @@ fn init_logging(args: &LogArgs) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+#[cfg(test)]
+mod reference {
+    //! The "Command line" part of docs/configuration.md against the clap definition: a command
+    //! or flag in one and not the other is a drift this test catches.
+
+    use std::collections::BTreeSet;
+
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    /// Commands and long flags as clap knows them (help and version included).
+    fn code() -> (BTreeSet<String>, BTreeSet<String>) {
+        let mut cli = Cli::command();
+        cli.build();
+        let mut commands = BTreeSet::new();
+        let mut flags = BTreeSet::new();
+        let mut add_flags = |cmd: &clap::Command| {
+            flags.extend(
+                cmd.get_arguments()
+                    .filter_map(|a| a.get_long())
+                    .map(|l| format!("--{l}")),
+            );
+        };
+        add_flags(&cli);
+        for sub in cli.get_subcommands().filter(|s| s.get_name() != "help") {
+            commands.insert(sub.get_name().to_owned());
+            add_flags(sub);
+        }
+        (commands, flags)
+    }
+
+    /// Commands (first cells that are one bare word) and flags (every `--x` of a first cell) of
+    /// the reference's tables below "## Command line".
+    fn documented() -> (BTreeSet<String>, BTreeSet<String>) {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md");
+        let text = std::fs::read_to_string(path).expect("docs/configuration.md");
+        let section = text
+            .split("## Command line")
+            .nth(1)
+            .expect("a Command line section");
+        let (mut commands, mut flags) = (BTreeSet::new(), BTreeSet::new());
+        for line in section.lines().filter(|l| l.starts_with("| `")) {
+            let first = line.split('|').nth(1).unwrap_or("").trim();
+            for word in first.split(['`', ',', ' ']).filter(|w| !w.is_empty()) {
+                if word.starts_with("--") {
+                    flags.insert(word.to_owned());
+                } else if !word.starts_with('-')
+                    && word.chars().all(|c| c.is_ascii_lowercase() || c == '-')
+                {
+                    commands.insert(word.to_owned());
+                }
+            }
+        }
+        (commands, flags)
+    }
+
+    #[test]
+    fn every_command_and_flag_is_in_the_reference_and_nothing_else() {
+        let ((commands, flags), (doc_commands, doc_flags)) = (code(), documented());
+        assert_eq!(
+            commands, doc_commands,
+            "commands: code (left) vs docs/configuration.md"
+        );
+        assert_eq!(
+            flags, doc_flags,
+            "flags: code (left) vs docs/configuration.md"
+        );
+        assert!(flags.contains("--log-format") && commands.contains("check"));
+    }
 }

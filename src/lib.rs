@@ -19,7 +19,8 @@
 //! - [`proto`]: the streaming scanner, the session engine, what may be shared.
 //! - [`upstream`]: dial, the node authority, the pool, the shared sessions.
 //! - [`limits`]: every fixed limit with its reason. [`net`]: socket options. [`tls`]: rustls.
-//! - [`ops`]: metrics, the admin endpoint, `ectunnel check`. [`tools`]: `convert-stunnel`.
+//! - [`ops`]: metrics, the admin endpoint, `ectunnel check`. [`tools`]: `convert-stunnel`,
+//!   `completions`, `man`.
 //! - [`shutdown`]: the SIGINT/SIGTERM future.
 #![forbid(unsafe_code)]
 

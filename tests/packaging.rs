@@ -1,7 +1,9 @@
 //! The packaging files, checked without a Docker engine or systemd: docker/Dockerfile (with the
 //! root .dockerignore), docker/compose.yaml, the example configs in config/ and the systemd
-//! unit. Each check returns the problems it finds; the last tests feed it broken files to show
-//! that it does find them.
+//! unit. Each check returns the problems it finds; the tests after them feed it broken files to
+//! show that it does find them. Then: the unit through `systemd-analyze verify` (when
+//! installed), Cargo.toml's license and rust-version, the Debian package's metadata (scripts/
+//! release), and the completion scripts and manual pages the binary prints.
 
 use std::path::Path;
 use std::time::Duration;
@@ -1387,4 +1389,351 @@ fn the_unit_check_finds_broken_units() {
         "Type=",
     );
     assert!(unit_problems(&with(UNIT, "-HUP", "-s HUP")).is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// systemd-analyze, Cargo.toml, the Debian package's metadata, completions and manual pages
+
+/// The line scripts/release rewrites for the Debian package's copy of the unit.
+const HAND_EXEC_START: &str = "ExecStart=/usr/local/bin/ectunnel ";
+
+/// The unit with its ExecStart binary replaced by `binary` (systemd-analyze verify insists that
+/// it exists), as a file named ectunnel.service (the name the credential path depends on).
+fn unit_running(binary: &str, dir: &Path) -> std::path::PathBuf {
+    let unit = read("config/systemd/ectunnel.service");
+    let lines: Vec<&str> = unit
+        .lines()
+        .filter(|l| l.starts_with(HAND_EXEC_START))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "scripts/release substitutes the one line starting with {HAND_EXEC_START:?}"
+    );
+    let path = dir.join("ectunnel.service");
+    std::fs::write(
+        &path,
+        unit.replacen(HAND_EXEC_START, &format!("ExecStart={binary} "), 1),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let version = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output();
+    if !version.is_ok_and(|o| o.status.success()) {
+        println!("systemd-analyze is not installed: skipping `systemd-analyze verify`");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let unit = unit_running(env!("CARGO_BIN_EXE_ectunnel"), dir.path());
+    // --man=no: Documentation=man:ectunnel(1) is only installed by the package.
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // It exits 0 even for an unknown key or a bad value, which it only reports: any report is
+    // a failure.
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify {}: {}\n{stderr}",
+        unit.display(),
+        out.status
+    );
+
+    // It does find a broken unit (so the silence above means something).
+    let text = std::fs::read_to_string(&unit).unwrap();
+    std::fs::write(&unit, with(&text, "Type=notify", "Type=notfy")).unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&unit)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("notfy"),
+        "{out:?}"
+    );
+}
+
+fn manifest() -> toml::Table {
+    read("Cargo.toml").parse().expect("Cargo.toml parses")
+}
+
+#[test]
+fn cargo_toml_declares_a_license_and_the_minimum_rust() {
+    let manifest = manifest();
+    let package = manifest["package"].as_table().expect("[package]");
+    let has = |key: &str| {
+        package
+            .get(key)
+            .and_then(toml::Value::as_str)
+            .is_some_and(|v| !v.trim().is_empty())
+    };
+    assert!(
+        has("license") || has("license-file"),
+        "[package] needs license (or license-file)"
+    );
+    assert!(has("rust-version"), "[package] needs rust-version");
+}
+
+/// `[package.metadata.deb]`: every asset the repository provides exists, the generated ones come
+/// from scripts/release into target/assets (or are the binary cargo-deb builds), and each lands
+/// where Debian looks for it.
+#[test]
+fn the_debian_package_metadata_points_at_real_files() {
+    let manifest = manifest();
+    let deb = manifest["package"]["metadata"]["deb"]
+        .as_table()
+        .expect("[package.metadata.deb]");
+    let mut p = Vec::new();
+    let release = read("scripts/release");
+    let mut dests = Vec::new();
+    for asset in deb["assets"].as_array().expect("assets is an array") {
+        let a: Vec<&str> = asset
+            .as_array()
+            .expect("each asset is [source, dest, mode]")
+            .iter()
+            .filter_map(toml::Value::as_str)
+            .collect();
+        let &[source, dest, mode] = &a[..] else {
+            p.push(format!("asset {asset}: want [source, dest, mode]"));
+            continue;
+        };
+        dests.push((source.to_owned(), dest.to_owned(), mode.to_owned()));
+        if let Some(generated) = source.strip_prefix("target/assets/") {
+            // scripts/release writes it: `$assets/<dir>/...`.
+            let dir = generated.split('/').next().unwrap_or("");
+            if !release.contains(&format!("\"$assets/{dir}")) {
+                p.push(format!(
+                    "{source}: scripts/release does not generate {dir}/"
+                ));
+            }
+        } else if source != "target/release/ectunnel" && !root().join(source).is_file() {
+            p.push(format!("{source}: no such file in the repository"));
+        }
+    }
+    let want = [
+        ("target/release/ectunnel", "usr/bin/", "755"),
+        ("*.1.gz", "usr/share/man/man1/", "644"),
+        (
+            "ectunnel.bash",
+            "usr/share/bash-completion/completions/ectunnel",
+            "644",
+        ),
+        (
+            "_ectunnel",
+            "usr/share/zsh/vendor-completions/_ectunnel",
+            "644",
+        ),
+        (
+            "ectunnel.fish",
+            "usr/share/fish/vendor_completions.d/ectunnel.fish",
+            "644",
+        ),
+        (
+            "config/systemd/ectunnel.toml",
+            "etc/ectunnel/ectunnel.toml",
+            "644",
+        ),
+    ];
+    for (source, dest, mode) in want {
+        if !dests
+            .iter()
+            .any(|(s, d, m)| s.ends_with(source) && d == dest && m == mode)
+        {
+            p.push(format!("no asset {source} -> {dest} ({mode})"));
+        }
+    }
+
+    // The unit comes from scripts/release's copy, enabled but not started (the config needs
+    // the user's endpoints first); the maintainer scripts create the user.
+    let units = deb["systemd-units"]
+        .as_table()
+        .expect("systemd-units table");
+    if units.get("unit-scripts").and_then(toml::Value::as_str) != Some("target/assets/systemd") {
+        p.push("systemd-units.unit-scripts: want target/assets/systemd".to_owned());
+    }
+    if !release.contains("\"$assets/systemd/ectunnel.service\"") {
+        p.push("scripts/release does not write $assets/systemd/ectunnel.service".to_owned());
+    }
+    if units.get("start").and_then(toml::Value::as_bool) != Some(false) {
+        p.push("systemd-units.start: want false".to_owned());
+    }
+    if units.get("enable").and_then(toml::Value::as_bool) == Some(false) {
+        p.push("systemd-units.enable: want true".to_owned());
+    }
+    if !deb
+        .get("depends")
+        .and_then(toml::Value::as_str)
+        .is_some_and(|d| d.contains("$auto") && d.contains("adduser"))
+    {
+        p.push("depends: want $auto (computed) and adduser (postinst uses it)".to_owned());
+    }
+    let scripts = deb["maintainer-scripts"]
+        .as_str()
+        .expect("maintainer-scripts");
+    for (name, needs) in [("postinst", "adduser --system"), ("postrm", "purge")] {
+        let path = root().join(scripts).join(name);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            p.push(format!("{}: missing", path.display()));
+            continue;
+        };
+        // cargo-deb replaces every occurrence of the token, one in a comment included (which
+        // turns the rest of that comment into shell code).
+        let alone = text.lines().filter(|l| l.trim() == "#DEBHELPER#").count();
+        if alone != 1 || text.matches("#DEBHELPER#").count() != 1 {
+            p.push(format!(
+                "{name}: wants #DEBHELPER# once, on a line of its own, and nowhere else"
+            ));
+        }
+        if !text.contains(needs) {
+            p.push(format!("{name}: wants {needs:?}"));
+        }
+        use std::os::unix::fs::PermissionsExt as _;
+        if std::fs::metadata(&path).unwrap().permissions().mode() & 0o111 == 0 {
+            p.push(format!("{name}: not executable"));
+        }
+    }
+    assert_none("[package.metadata.deb]", p);
+}
+
+/// The config the unit (and the package) runs with: config/redis-cli.toml with the token from
+/// the unit's credential, so that it holds no secret.
+#[test]
+fn the_service_config_is_redis_cli_toml_with_the_credential() {
+    let service = read("config/systemd/ectunnel.toml");
+    ectunnel::Config::from_toml(
+        &with_test_password(&service),
+        "config/systemd/ectunnel.toml",
+    )
+    .expect("config/systemd/ectunnel.toml is valid");
+    let mut service: toml::Table = service.parse().unwrap();
+    let mut bastion: toml::Table = read("config/redis-cli.toml").parse().unwrap();
+    let auth = service.remove("auth").expect("[auth]");
+    bastion.remove("auth");
+    assert_eq!(
+        service, bastion,
+        "besides [auth], the same as config/redis-cli.toml"
+    );
+    assert_eq!(
+        auth.as_table()
+            .map(|a| a.keys().cloned().collect::<Vec<String>>()),
+        Some(vec!["password_file".to_owned()]),
+        "no secret, no environment: only password_file"
+    );
+    let file = auth["password_file"].as_str().unwrap();
+    let name = file
+        .strip_prefix("/run/credentials/ectunnel.service/")
+        .expect("password_file in the unit's credentials directory");
+    let unit = read("config/systemd/ectunnel.service");
+    let creds = unit_values(&unit, "Service", "LoadCredential");
+    assert!(
+        creds.iter().any(|c| c.split(':').next() == Some(name)),
+        "the unit loads no credential {name}: {creds:?}"
+    );
+    // One unit for both installs: a static user "ectunnel" when the package made one, a
+    // dynamic one otherwise.
+    assert_eq!(unit_values(&unit, "Service", "User"), ["ectunnel"]);
+    assert_eq!(unit_values(&unit, "Service", "DynamicUser"), ["yes"]);
+}
+
+fn run_ectunnel(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ectunnel"))
+        .args(args)
+        .output()
+        .expect("ectunnel runs");
+    assert!(
+        out.status.success(),
+        "ectunnel {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+/// The subcommands `ectunnel --help` lists (`help` aside).
+fn subcommands() -> Vec<String> {
+    let help = run_ectunnel(&["--help"]);
+    let names: Vec<String> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .filter(|n| n != "help")
+        .collect();
+    assert!(
+        names.len() >= 6 && names.iter().any(|n| n == "convert-stunnel"),
+        "{help}"
+    );
+    names
+}
+
+#[test]
+fn completions_cover_every_subcommand_and_the_config_flag() {
+    let commands = subcommands();
+    let bash = run_ectunnel(&["completions", "bash"]);
+    for name in &commands {
+        assert!(bash.contains(name.as_str()), "bash completions lack {name}");
+    }
+    assert!(
+        bash.contains("--config") && bash.contains("complete -F"),
+        "{bash}"
+    );
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        let script = run_ectunnel(&["completions", shell]);
+        assert!(
+            script.contains("check") && script.contains("config"),
+            "{shell}: {script}"
+        );
+    }
+}
+
+#[test]
+fn the_man_page_documents_every_subcommand() {
+    let commands = subcommands();
+    let page = run_ectunnel(&["man"]);
+    assert!(
+        page.lines().any(|l| l.starts_with(".TH ECTUNNEL 1")),
+        "{page}"
+    );
+    for section in [
+        ".SH SYNOPSIS",
+        ".SH OPTIONS",
+        ".SH \"EXIT STATUS\"",
+        ".SH FILES",
+    ] {
+        assert!(page.contains(section), "no {section} in\n{page}");
+    }
+    // roff writes a hyphen as \-.
+    let roff = |s: &str| s.replace('-', "\\-");
+    assert!(page.contains(&roff("--config")), "{page}");
+    for name in &commands {
+        let reference = roff(&format!("ectunnel-{name}(1)"));
+        assert!(page.contains(&reference), "no {reference} in\n{page}");
+    }
+
+    // --dir writes the page each of those references names.
+    let dir = tempfile::tempdir().unwrap();
+    let listed = run_ectunnel(&["man", "--dir", dir.path().to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("ectunnel.1")).unwrap(),
+        page
+    );
+    for name in &commands {
+        let file = dir.path().join(format!("ectunnel-{name}.1"));
+        let text = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{}: {e}; listed:\n{listed}", file.display()));
+        let title = format!(".TH ECTUNNEL-{} 1", name.to_uppercase());
+        assert!(
+            text.lines().any(|l| l.starts_with(&title)),
+            "{}: {text}",
+            file.display()
+        );
+    }
 }
