@@ -94,3 +94,90 @@ pub(super) struct RawListener {
     pub(super) client_auth: Option<Spanned<RawClientAuth>>,
     pub(super) allow_unauthenticated: Option<bool>,
 }
+
+#[cfg(test)]
+mod reference {
+    //! docs/configuration.md is the user's reference: a key the code accepts and the reference
+    //! does not name (or the reverse) is a drift this test catches.
+
+    use std::collections::BTreeSet;
+
+    use serde_aux::serde_introspection::serde_introspect;
+
+    use super::*;
+
+    /// Every key path the config accepts, from the serde structs themselves.
+    fn code_keys() -> BTreeSet<String> {
+        let tables: [(&str, &[&str]); 5] = [
+            ("tls", serde_introspect::<RawTls>()),
+            ("auth", serde_introspect::<RawAuth>()),
+            ("client_auth", serde_introspect::<RawClientAuth>()),
+            ("pool", serde_introspect::<RawPool>()),
+            ("admin", serde_introspect::<RawAdmin>()),
+        ];
+        let mut keys: BTreeSet<String> = serde_introspect::<RawConfig>()
+            .iter()
+            .map(|k| k.to_string())
+            .collect();
+        for key in serde_introspect::<RawListener>() {
+            keys.insert(format!("listener.{key}"));
+        }
+        for (table, fields) in tables {
+            keys.extend(fields.iter().map(|f| format!("{table}.{f}")));
+        }
+        keys
+    }
+
+    /// The key paths the reference's tables name in their first column.
+    fn documented_keys() -> BTreeSet<String> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md");
+        let text = std::fs::read_to_string(path).expect("docs/configuration.md");
+        let mut keys = BTreeSet::new();
+        let mut in_config = true;
+        for line in text.lines() {
+            if line.starts_with("## Command line") {
+                in_config = false;
+            }
+            let Some(cell) = line.strip_prefix("| `") else {
+                continue;
+            };
+            if let (true, Some((key, _))) = (in_config, cell.split_once('`')) {
+                keys.insert(key.to_owned());
+            }
+        }
+        keys
+    }
+
+    #[test]
+    fn every_config_key_is_in_the_reference_and_nothing_else() {
+        let (code, docs) = (code_keys(), documented_keys());
+        let undocumented: Vec<_> = code.difference(&docs).collect();
+        let unknown: Vec<_> = docs.difference(&code).collect();
+        assert!(
+            undocumented.is_empty() && unknown.is_empty(),
+            "docs/configuration.md is out of step with src/config/raw.rs: \
+             missing {undocumented:?}, not config keys {unknown:?}"
+        );
+        assert!(code.contains("pool.shared_reply_timeout") && code.contains("listener.role"));
+    }
+
+    /// A value of the wrong kind gets a "write this instead" hint only for keys the hint
+    /// tables know; a new key missing from them would silently fall back to toml's wording.
+    #[test]
+    fn every_value_key_has_a_kind_for_the_hints() {
+        use super::super::validate::{BOOL_KEYS, DURATION_KEYS, NUMBER_KEYS, STRING_KEYS};
+        let tables = ["tls", "auth", "client_auth", "pool", "admin", "listener"];
+        for key in code_keys() {
+            let leaf = key.rsplit('.').next().unwrap_or(&key);
+            let known = NUMBER_KEYS.iter().any(|(k, _)| *k == leaf)
+                || BOOL_KEYS.contains(&leaf)
+                || DURATION_KEYS.contains(&leaf)
+                || STRING_KEYS.contains(&leaf)
+                || tables.contains(&leaf);
+            assert!(
+                known,
+                "{key}: add it to one of the hint tables in validate.rs"
+            );
+        }
+    }
+}
