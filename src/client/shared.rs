@@ -65,8 +65,8 @@ pub async fn serve(client: &mut TcpStream, handle: &Handle, accepted: Instant) -
     let (sink, deliveries) = Sink::new();
     let link = Link::default();
     let (rd, wr) = client.split();
-    let input = Input::new(handle, slot, sink.clone(), &link);
-    let out = output(wr, &sink, deliveries, &link, accepted, l.metrics.clone());
+    let mut input = Input::new(handle, slot, sink.clone(), &link);
+    let out = output(wr, &sink, deliveries, &link, accepted, &l.metrics);
     let (input, out) = tokio::join!(input.run(rd), out);
     match out {
         Out::Cut(why) => {
@@ -189,7 +189,9 @@ impl<'a> Input<'a> {
         }
     }
 
-    async fn run(mut self, mut rd: ClientRead<'_>) -> Ending {
+    /// By reference: a by-value `self` would sit in the future twice (as its argument and as
+    /// its local), and this future is part of every idle client's memory.
+    async fn run(&mut self, mut rd: ClientRead<'_>) -> Ending {
         loop {
             let need = match self.advance().await {
                 Ok(need) => need,
@@ -445,7 +447,7 @@ async fn output(
     mut deliveries: UnboundedReceiver<Delivery>,
     link: &Link,
     accepted: Instant,
-    m: ListenerMetrics,
+    m: &ListenerMetrics,
 ) -> Out {
     let mut written = 0u64;
     let mut first = Some(accepted);
@@ -456,7 +458,7 @@ async fn output(
                 break out;
             }
             sink.nudge();
-            observe_first(&mut first, &m);
+            observe_first(&mut first, m);
         }
         if end {
             break Out::Ended {
@@ -485,7 +487,7 @@ async fn output(
                     Ok(replies) => written += replies,
                     Err(out) => break out,
                 }
-                observe_first(&mut first, &m);
+                observe_first(&mut first, m);
             }
             _ = link.local_ready.notified() => {}
         }
