@@ -18,12 +18,14 @@
 //! - [`client`]: one client: shared sessions, a session of its own (RESP engine or raw pipe).
 //! - [`proto`]: the streaming scanner, the session engine, what may be shared.
 //! - [`upstream`]: dial, the node authority, the pool, the shared sessions.
-//! - [`limits`]: every fixed limit with its reason. [`net`]: socket options. [`tls`]: rustls.
+//! - [`limits`]: every fixed limit with its reason; [`admission`]: clients and sessions open
+//!   against `max_clients` / `max_sessions`. [`net`]: socket options. [`tls`]: rustls.
 //! - [`ops`]: metrics, the admin endpoint, `ectunnel check`. [`tools`]: `convert-stunnel`,
 //!   `completions`, `man`.
 //! - [`shutdown`]: the SIGINT/SIGTERM future.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -116,3 +116,9 @@ pub const MAX_MULTIPLEX: usize = 16;
 
 /// How often `password_file`s are checked for a rotated secret.
 pub const SECRET_POLL: Duration = Duration::from_secs(2);
+
+// ---- Clients ------------------------------------------------------------------------------------
+
+/// With `client_auth = "require"`, a client that has not given the password within this long is
+/// told so and closed: an open port cannot be held by connections that never authenticate.
+pub const AUTH_DEADLINE: Duration = Duration::from_secs(10);

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::Admission;
 use crate::config::ListenerConfig;
 use crate::ops::metrics::ListenerMetrics;
 use crate::upstream::mux::Mux;
@@ -21,12 +22,21 @@ pub struct Listener {
     pub pool: Pool,
     pub mux: Mux,
     pub metrics: ListenerMetrics,
+    /// Its open clients and sessions; the same across reloads.
+    pub admission: Arc<Admission>,
     stop: CancellationToken,
 }
 
 impl Listener {
     /// Starts the node authority and the pool, which begins dialling at once.
-    pub fn start(config: ListenerConfig, resolver: Resolver, metrics: ListenerMetrics) -> Listener {
+    pub fn start(
+        config: ListenerConfig,
+        resolver: Resolver,
+        metrics: ListenerMetrics,
+        admission: Arc<Admission>,
+    ) -> Listener {
+        let idle = config.client_idle_timeout.map(|d| d.as_secs_f64());
+        metrics.limits(config.max_clients, config.max_sessions, idle);
         let config = Arc::new(config);
         let stop = CancellationToken::new();
         let node = Node::start(
@@ -40,6 +50,7 @@ impl Listener {
             resolver,
             node.clone(),
             metrics.clone(),
+            admission.clone(),
             stop.clone(),
         );
         let mux = Mux::new(config.pool.clone(), metrics.clone(), config.name.clone());
@@ -49,6 +60,7 @@ impl Listener {
             pool,
             mux,
             metrics,
+            admission,
             stop,
         }
     }

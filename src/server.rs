@@ -13,12 +13,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::{Admission, Slot};
 use crate::client;
 use crate::config::{ClientAuth, Config, ListenerConfig};
 use crate::limits::{ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN};
 use crate::listener::{Handle, Listener};
 use crate::ops::admin::{self, AdminState};
-use crate::ops::metrics::Metrics;
+use crate::ops::metrics::{Limit, Metrics};
 use crate::upstream::Resolver;
 
 /// A listener (or the admin endpoint) that could not be bound; the process exits 1.
@@ -52,6 +53,8 @@ pub struct Server {
     admin: Option<TcpListener>,
     metrics: Arc<Metrics>,
     resolver: Resolver,
+    /// Each listener name's open clients and sessions, kept across reloads.
+    admissions: HashMap<String, Arc<Admission>>,
     /// The current listeners, for the admin endpoint (replaced on reload).
     current: Arc<Mutex<Vec<Arc<Listener>>>>,
     reload_tx: mpsc::Sender<ReloadRequest>,
@@ -109,12 +112,14 @@ impl Server {
             Some(addr) => Some(bind("admin", addr).await?),
             None => None,
         };
+        let mut admissions = HashMap::new();
         let listeners: Vec<Bound> = sockets
             .into_iter()
             .map(|(l, socket)| {
                 announce(&l, &socket);
                 let m = metrics.listener(&l.name);
-                let listener = Arc::new(Listener::start(l, resolver.clone(), m));
+                let a = admission(&mut admissions, &l.name);
+                let listener = Arc::new(Listener::start(l, resolver.clone(), m, a));
                 Bound { listener, socket }
             })
             .collect();
@@ -130,6 +135,7 @@ impl Server {
             admin,
             metrics,
             resolver,
+            admissions,
             current: Arc::new(Mutex::new(current)),
             reload_tx,
             reload_rx,
@@ -254,7 +260,8 @@ impl Server {
         for l in config.listeners {
             let m = self.metrics.listener(&l.name);
             let name = l.name.clone();
-            let listener = Arc::new(Listener::start(l, self.resolver.clone(), m));
+            let a = admission(&mut self.admissions, &name);
+            let listener = Arc::new(Listener::start(l, self.resolver.clone(), m, a));
             current.push(listener.clone());
             match sockets.remove(&name) {
                 // Same address: keep the socket (nothing in its backlog is lost); connected
@@ -285,6 +292,10 @@ impl Server {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), BindError> {
     Server::bind(config).await?.run(shutdown).await;
     Ok(())
+}
+
+fn admission(all: &mut HashMap<String, Arc<Admission>>, name: &str) -> Arc<Admission> {
+    all.entry(name.to_owned()).or_default().clone()
 }
 
 async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, BindError> {
@@ -385,6 +396,7 @@ async fn accept_loop(
     end_sessions: CancellationToken,
 ) {
     let mut backoff = ACCEPT_BACKOFF_MIN;
+    let mut failed = 0u64;
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
@@ -392,23 +404,35 @@ async fn accept_loop(
         };
         match accepted {
             Ok((client, peer)) => {
-                backoff = ACCEPT_BACKOFF_MIN;
+                if failed > 0 {
+                    tracing::info!(listener = %name, failed, "accepting clients again");
+                }
+                (backoff, failed) = (ACCEPT_BACKOFF_MIN, 0);
+                let l = handle.borrow().clone();
+                let Some(slot) = l.admission.clients.try_take(l.config.max_clients) else {
+                    l.metrics.limit_hit(Limit::MaxClients);
+                    tracing::debug!(listener = %name, client = %peer, max_clients = l.config.max_clients, "client refused: max_clients reached");
+                    sessions.spawn(client::refuse_line(client, MAX_CLIENTS_REPLY));
+                    continue;
+                };
                 tracing::debug!(listener = %name, client = %peer, "client connected");
-                let handle = handle.clone();
-                let end = end_sessions.clone();
-                let name = name.clone();
-                sessions.spawn(async move {
-                    tokio::select! {
-                        _ = client::serve(client, peer, handle) => {}
-                        _ = end.cancelled() => tracing::debug!(listener = %name,
-                            client = %peer, "session closed at end of shutdown grace"),
-                    }
-                });
+                sessions.spawn(serve(
+                    client,
+                    peer,
+                    handle.clone(),
+                    slot,
+                    end_sessions.clone(),
+                ));
             }
             // Out of file descriptors or a similar passing condition: back off rather than
-            // spin, and keep the listener (mini-redis does the same).
+            // spin, and keep the listener (mini-redis does the same). Logged once per episode,
+            // counted every time.
             Err(e) => {
-                tracing::warn!(listener = %name, error = %e, retry_in = ?backoff, "accept failed");
+                handle.borrow().metrics.accept_errors.inc();
+                if failed == 0 {
+                    tracing::warn!(listener = %name, error = %e, "accept failed; backing off until it works again (counted in ectunnel_accept_errors_total)");
+                }
+                failed += 1;
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
@@ -417,6 +441,26 @@ async fn accept_loop(
             }
         }
     }
+}
+
+/// What Redis answers a client past `maxclients`, before closing it.
+const MAX_CLIENTS_REPLY: &str = "-ERR ectunnel: max number of clients reached\r\n";
+
+/// One admitted client, counted in its listener's `max_clients` while it is served.
+async fn serve(
+    client: tokio::net::TcpStream,
+    peer: SocketAddr,
+    handle: Handle,
+    slot: Slot,
+    end: CancellationToken,
+) {
+    let name = handle.borrow().config.name.clone();
+    tokio::select! {
+        _ = client::serve(client, peer, handle) => {}
+        _ = end.cancelled() => tracing::debug!(listener = %name,
+            client = %peer, "session closed at end of shutdown grace"),
+    }
+    drop(slot);
 }
 
 #[cfg(test)]

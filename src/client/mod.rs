@@ -2,6 +2,7 @@
 //! a session of its own through the RESP engine (`own`) or as a byte pipe (`raw`); or
 //! refused with one `-ERR ectunnel:` line when the upstream cannot be reached.
 
+mod activity;
 mod own;
 mod raw;
 mod shared;
@@ -14,9 +15,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+use self::activity::Activity;
 use crate::config::Protocol;
-use crate::limits::LINGER;
-use crate::listener::Handle;
+use crate::limits::{AUTH_DEADLINE, LINGER};
+use crate::listener::{Handle, Listener};
+use crate::ops::metrics::Limit;
 use crate::upstream::DialError;
 
 /// Serves one accepted client to completion.
@@ -25,15 +28,17 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, handle: Handle) {
     let l = handle.borrow().clone();
     let _counted = l.metrics.client_guard();
     let _ = crate::net::tune(&client, l.config.keepalive);
+    let activity = Activity::new(&l.config);
     let mut start = own::Start::fresh(accepted);
     if l.config.protocol == Protocol::Resp && l.mux.enabled() {
-        match shared::serve(&mut client, &handle, accepted).await {
+        match shared::serve(&mut client, &handle, accepted, &activity).await {
             Ok(shared::Next::Own(s)) => {
                 tracing::debug!(listener = %l.config.name, client = %peer, "client needs a session of its own");
                 start = s;
             }
             Ok(shared::Next::Done) => return,
             Ok(shared::Next::Linger) => return Box::pin(linger(client)).await,
+            Ok(shared::Next::Expired(limit)) => return Box::pin(expired(client, &l, limit)).await,
             Ok(shared::Next::Refuse(e)) => {
                 tracing::warn!(listener = %l.config.name, client = %peer, "{e}");
                 return Box::pin(refuse(client, &e)).await;
@@ -47,12 +52,30 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, handle: Handle) {
     drop(l);
     // Boxed: this part's state (a dial, both directions, the RESET on give-back) would
     // otherwise be in every client's task, also while it idles on shared sessions.
-    Box::pin(own::serve(client, peer, handle, start)).await
+    Box::pin(own::serve(client, peer, handle, start, &activity)).await
+}
+
+/// A limit ends the client: idle past `client_idle_timeout`, closed without a word as Redis
+/// closes a client past its `timeout`; or not authenticated within [`AUTH_DEADLINE`], told why.
+async fn expired(client: TcpStream, l: &Listener, limit: Limit) {
+    l.metrics.limit_hit(limit);
+    tracing::debug!(listener = %l.config.name, limit = limit.as_str(), "client closed by a limit");
+    if limit == Limit::AuthTimeout {
+        let line = format!(
+            "-ERR ectunnel: client_auth: no AUTH within {}s; closing\r\n",
+            AUTH_DEADLINE.as_secs()
+        );
+        refuse_line(client, &line).await;
+    }
 }
 
 /// Sends the one `-ERR ectunnel: …` line, then closes with [`linger`].
-async fn refuse(mut client: TcpStream, e: &DialError) {
-    let line = format!("-ERR ectunnel: {e}\r\n");
+async fn refuse(client: TcpStream, e: &DialError) {
+    refuse_line(client, &format!("-ERR ectunnel: {e}\r\n")).await;
+}
+
+/// Sends one error line (a whole RESP error, CRLF included), then closes with [`linger`].
+pub async fn refuse_line(mut client: TcpStream, line: &str) {
     if timeout(LINGER, client.write_all(line.as_bytes()))
         .await
         .is_ok()

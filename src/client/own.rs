@@ -19,12 +19,13 @@ use tokio::sync::{Notify, watch};
 use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 
-use super::{linger, raw, read_or_eof, refuse};
+use super::activity::Activity;
+use super::{expired, linger, raw, read_or_eof, refuse};
 use crate::config::Protocol;
 use crate::limits::{MAX_FIFO_ENTRIES, READ_BUF};
 use crate::listener::Handle;
 use crate::lock;
-use crate::ops::metrics::ListenerMetrics;
+use crate::ops::metrics::{Limit, ListenerMetrics};
 use crate::proto::engine::{Entry, Fifo, Op, Replies, Requests};
 use crate::upstream::Truth;
 use crate::upstream::conn::{At, Conn};
@@ -53,7 +54,13 @@ impl Start {
 }
 
 /// Takes a session and serves the client on it until both sides are done.
-pub(super) async fn serve(mut client: TcpStream, peer: SocketAddr, handle: Handle, start: Start) {
+pub(super) async fn serve(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    handle: Handle,
+    start: Start,
+    activity: &Activity,
+) {
     let l = handle.borrow().clone();
     l.metrics.own_sessions.inc();
     let (up, lent) = match l.pool.checkout_own().await {
@@ -65,14 +72,18 @@ pub(super) async fn serve(mut client: TcpStream, peer: SocketAddr, handle: Handl
     };
     let upstream = up.at.peer;
     let result = match l.config.protocol {
-        Protocol::Raw => raw::forward(&mut client, up, &l.metrics, start.first)
-            .await
-            .map(|(to_up, to_client)| End {
-                to_up,
-                to_client,
-                after: After::Done,
-            }),
-        Protocol::Resp => forward(&mut client, up, &handle, start).await,
+        // Raw bytes say nothing of replies owed: idle means no byte either way.
+        Protocol::Raw => tokio::select! {
+            r = raw::forward(&mut client, up, &l.metrics, start.first, activity) => {
+                r.map(|(to_up, to_client)| End {
+                    to_up,
+                    to_client,
+                    after: After::Done,
+                })
+            }
+            limit = activity.expired(|| false) => Ok(End::expired(limit)),
+        },
+        Protocol::Resp => forward(&mut client, up, &handle, start, activity).await,
     };
     let end = match result {
         Ok(end) => end,
@@ -93,6 +104,7 @@ pub(super) async fn serve(mut client: TcpStream, peer: SocketAddr, handle: Handl
             l.pool.give_back(*up, lent).await;
         }
         After::Linger => linger(client).await,
+        After::Expired(limit) => expired(client, &l, limit).await,
     }
 }
 
@@ -103,6 +115,18 @@ struct End {
     after: After,
 }
 
+impl End {
+    /// Ended by a limit: both directions were dropped where they stood (their byte counts
+    /// with them; the metrics have them).
+    fn expired(limit: Limit) -> End {
+        End {
+            to_up: 0,
+            to_client: 0,
+            after: After::Expired(limit),
+        }
+    }
+}
+
 /// What is left to do once both directions have stopped.
 enum After {
     /// Both sides closed; nothing.
@@ -111,6 +135,8 @@ enum After {
     Reuse(Box<Conn>),
     /// The tunnel ended it (malformed input, a node that moved): close the client gracefully.
     Linger,
+    /// A limit ended it; the upstream session is closed, not reused.
+    Expired(Limit),
 }
 
 impl After {
@@ -119,6 +145,7 @@ impl After {
             After::Done => "closed",
             After::Reuse(_) => "upstream returned to the pool",
             After::Linger => "closed by the tunnel",
+            After::Expired(_) => "closed by a limit",
         }
     }
 }
@@ -146,6 +173,8 @@ struct Link {
     left_clean: AtomicBool,
     /// The reply side ended the session: stop reading the client.
     ended: CancellationToken,
+    /// The client subscribed or ran MONITOR: never idle from then on.
+    held: AtomicBool,
 }
 
 struct LinkState {
@@ -171,6 +200,7 @@ impl Link {
             wake: Notify::new(),
             left_clean: AtomicBool::new(false),
             ended: CancellationToken::new(),
+            held: AtomicBool::new(false),
         }
     }
 
@@ -213,6 +243,7 @@ async fn forward(
     up: Conn,
     handle: &Handle,
     start: Start,
+    activity: &Activity,
 ) -> io::Result<End> {
     let Conn {
         stream,
@@ -235,10 +266,22 @@ async fn forward(
         authed,
         replay,
     };
-    let ((to_up, up_wr), (to_client, end, up_rd)) = tokio::try_join!(
-        send_requests(&link, client_rd, up_wr, handle.clone(), requests),
-        send_replies(&link, client_wr, up_rd, handle.clone(), at, leftover, first)
-    )?;
+    let replies = ReplyStart {
+        at,
+        leftover,
+        first,
+    };
+    let both = async {
+        tokio::try_join!(
+            send_requests(&link, client_rd, up_wr, handle.clone(), requests, activity),
+            send_replies(&link, client_wr, up_rd, handle.clone(), replies, activity)
+        )
+    };
+    let busy = || !link.idle() || link.held.load(Ordering::Relaxed);
+    let ((to_up, up_wr), (to_client, end, up_rd)) = tokio::select! {
+        r = both => r?,
+        limit = activity.expired(busy) => return Ok(End::expired(limit)),
+    };
     let after = match end {
         ReplyEnd::Eof => After::Done,
         ReplyEnd::Tunnel => After::Linger,
@@ -257,11 +300,19 @@ async fn forward(
     })
 }
 
-/// What the request side starts from (the reply side takes `first`).
+/// What the request side starts from.
 struct RequestStart {
     input: BytesMut,
     authed: bool,
     replay: Vec<Bytes>,
+}
+
+/// What the reply side starts from: where the session is, what the server sent after the
+/// handshake, and when the client connected if nothing was answered yet.
+struct ReplyStart {
+    at: At,
+    leftover: BytesMut,
+    first: Option<Instant>,
 }
 
 type UpWrite = WriteHalf<TlsStream<TcpStream>>;
@@ -276,6 +327,7 @@ async fn send_requests(
     mut up: UpWrite,
     mut handle: Handle,
     start: RequestStart,
+    activity: &Activity,
 ) -> io::Result<(u64, UpWrite)> {
     let (l, m) = {
         let l = handle.borrow_and_update();
@@ -315,6 +367,7 @@ async fn send_requests(
         if n == 0 {
             break;
         }
+        activity.touch();
         // Checked after the read: what it brought is judged with what the reply side knows now.
         let now_lost = lock(&link.state).reply_lost;
         if now_lost != lost {
@@ -322,6 +375,10 @@ async fn send_requests(
             requests.set_unsynced();
         }
         let progress = requests.process(&buf, &mut ops, &mut entries);
+        activity.authed(requests.is_authed());
+        if !requests.is_synced() || entries.contains(&Entry::Subscribe3) {
+            link.held.store(true, Ordering::Relaxed);
+        }
         link.push(&mut entries);
         total += write_ops(&mut up, &buf, &mut ops, &m.to_upstream).await?;
         buf.advance(progress.consumed);
@@ -361,10 +418,14 @@ async fn send_replies(
     client: ClientWrite<'_>,
     up: UpRead,
     handle: Handle,
-    at: At,
-    leftover: BytesMut,
-    first: Option<Instant>,
+    start: ReplyStart,
+    activity: &Activity,
 ) -> io::Result<(u64, ReplyEnd, UpRead)> {
+    let ReplyStart {
+        at,
+        leftover,
+        first,
+    } = start;
     let (name, m, truth) = {
         let l = handle.borrow();
         (l.config.name.clone(), l.metrics.clone(), l.node.watch())
@@ -384,6 +445,7 @@ async fn send_replies(
         total: 0,
         draining: false,
         first,
+        activity,
     };
     side.buf.extend_from_slice(&leftover);
     let end = loop {
@@ -421,6 +483,7 @@ struct ReplySide<'a, 'c> {
     /// The node moved: end at the next reply boundary.
     draining: bool,
     first: Option<Instant>,
+    activity: &'a Activity,
 }
 
 impl ReplySide<'_, '_> {
@@ -511,6 +574,9 @@ impl ReplySide<'_, '_> {
 
     async fn write(&mut self, buf: &[u8]) -> io::Result<u64> {
         let n = write_ops(&mut self.client, buf, &mut self.ops, &self.m.to_client).await?;
+        if n > 0 {
+            self.activity.touch();
+        }
         self.total += n;
         Ok(n)
     }

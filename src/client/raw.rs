@@ -11,6 +11,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::activity::Activity;
 use super::read_or_eof;
 use crate::limits::READ_BUF;
 use crate::ops::metrics::ListenerMetrics;
@@ -22,6 +23,7 @@ pub(super) async fn forward(
     up: Conn,
     m: &ListenerMetrics,
     first: Option<Instant>,
+    activity: &Activity,
 ) -> io::Result<(u64, u64)> {
     let mut first = first.map(|t| (&m.first_reply, t));
     if !up.leftover.is_empty() {
@@ -31,8 +33,8 @@ pub(super) async fn forward(
     let (client_rd, client_wr) = client.split();
     let (up_rd, up_wr) = tokio::io::split(up.stream);
     tokio::try_join!(
-        pipe(client_rd, up_wr, &m.to_upstream, None),
-        pipe(up_rd, client_wr, &m.to_client, first)
+        pipe(client_rd, up_wr, &m.to_upstream, None, activity),
+        pipe(up_rd, client_wr, &m.to_client, first, activity)
     )
 }
 
@@ -42,6 +44,7 @@ async fn pipe<R, W>(
     mut to: W,
     bytes: &Counter,
     mut first: Option<(&Histogram, Instant)>,
+    activity: &Activity,
 ) -> io::Result<u64>
 where
     R: AsyncRead + Unpin,
@@ -54,6 +57,7 @@ where
             0 => break,
             n => n,
         };
+        activity.touch();
         to.write_all(&buf[..n]).await?;
         // A TLS writer may keep encrypted bytes back when the socket is full; nothing else
         // would push them out while we wait for more input.

@@ -16,6 +16,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -27,6 +28,7 @@ use tokio::sync::Notify;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
+use super::activity::Activity;
 use super::own::Start;
 use crate::limits::{
     READ_BUF, SHARED_HELD_REQUESTS, SHARED_IN_FLIGHT_BYTES, SHARED_IN_FLIGHT_REPLIES,
@@ -34,7 +36,7 @@ use crate::limits::{
 };
 use crate::listener::{Handle, Listener};
 use crate::lock;
-use crate::ops::metrics::ListenerMetrics;
+use crate::ops::metrics::{Limit, ListenerMetrics};
 use crate::proto::RespVersion;
 use crate::proto::share::{Budget, Splitter, Stop};
 use crate::upstream::DialError;
@@ -51,10 +53,17 @@ pub enum Next {
     Refuse(DialError),
     /// Its next request needs a session of its own.
     Own(Start),
+    /// A limit ends it (idle, or not authenticated in time).
+    Expired(Limit),
 }
 
 /// Serves the client on shared sessions until it leaves or needs a session of its own.
-pub async fn serve(client: &mut TcpStream, handle: &Handle, accepted: Instant) -> io::Result<Next> {
+pub async fn serve(
+    client: &mut TcpStream,
+    handle: &Handle,
+    accepted: Instant,
+    activity: &Activity,
+) -> io::Result<Next> {
     let l = handle.borrow().clone();
     let slot = l.mux.assign();
     // A shared session now, so that an upstream failure is explained at once, as it is to a
@@ -65,9 +74,13 @@ pub async fn serve(client: &mut TcpStream, handle: &Handle, accepted: Instant) -
     let (sink, deliveries) = Sink::new();
     let link = Link::default();
     let (rd, wr) = client.split();
-    let mut input = Input::new(handle, slot, sink.clone(), &link);
-    let out = output(wr, &sink, deliveries, &link, accepted, &l.metrics);
-    let (input, out) = tokio::join!(input.run(rd), out);
+    let mut input = Input::new(handle, slot, sink.clone(), &link, activity);
+    let out = output(wr, &sink, deliveries, &link, accepted, &l.metrics, activity);
+    let owed = || link.asked.load(Ordering::Relaxed) > sink.received() || sink.queued() > 0;
+    let (input, out) = tokio::select! {
+        both = async { tokio::join!(input.run(rd), out) } => both,
+        limit = activity.expired(owed) => return Ok(Next::Expired(limit)),
+    };
     match out {
         Out::Cut(why) => {
             tracing::warn!(listener = %l.config.name, "client disconnected: {}", why.why());
@@ -100,6 +113,8 @@ struct Link {
     local_ready: Notify,
     /// The output side stopped (the client went away or was cut off): stop reading it.
     gone: CancellationToken,
+    /// Replies asked for so far (the input side's count), for the idle check.
+    asked: AtomicU64,
 }
 
 struct Local {
@@ -153,6 +168,7 @@ struct Input<'a> {
     slot: usize,
     sink: Arc<Sink>,
     link: &'a Link,
+    activity: &'a Activity,
     splitter: Splitter,
     buf: BytesMut,
     /// The session in use, and its protocol; replies may still be owed on it.
@@ -168,7 +184,13 @@ struct Input<'a> {
 }
 
 impl<'a> Input<'a> {
-    fn new(handle: &Handle, slot: usize, sink: Arc<Sink>, link: &'a Link) -> Input<'a> {
+    fn new(
+        handle: &Handle,
+        slot: usize,
+        sink: Arc<Sink>,
+        link: &'a Link,
+        activity: &'a Activity,
+    ) -> Input<'a> {
         let listener = handle.borrow().clone();
         let c = &listener.config;
         let splitter = Splitter::new(c.client_auth.clone(), c.auth.clone());
@@ -178,6 +200,7 @@ impl<'a> Input<'a> {
             slot,
             sink,
             link,
+            activity,
             splitter,
             buf: BytesMut::new(),
             on: None,
@@ -218,7 +241,8 @@ impl<'a> Input<'a> {
                 n = read_when_ready(&mut rd, &mut self.buf), if !self.eof => Some(n),
             };
             match read {
-                None | Some(Ok(1..)) => {}
+                None => {}
+                Some(Ok(1..)) => self.activity.touch(),
                 Some(Ok(0)) => self.eof = true,
                 Some(Err(_)) => return self.finish(Ending::Gone),
             }
@@ -243,6 +267,7 @@ impl<'a> Input<'a> {
                 bytes: SHARED_IN_FLIGHT_BYTES.saturating_sub(self.in_flight_bytes),
             };
             let split = self.splitter.split(&self.buf, budget);
+            self.activity.authed(self.splitter.authed());
             let run = self.buf.split_to(split.len).freeze();
             if split.replies > 0 {
                 let version = self.splitter.version();
@@ -311,7 +336,7 @@ impl<'a> Input<'a> {
             if let Err(e) = self.session_for(version).await {
                 tracing::debug!(listener = %self.listener.config.name, "no shared session: {e}");
                 self.sink.refuse(replies, &e.to_string());
-                self.sent += u64::from(replies);
+                self.asked(replies);
                 return;
             }
             match self.put(bytes, replies, last) {
@@ -370,7 +395,7 @@ impl<'a> Input<'a> {
             self.on = None;
             return Err(b.bytes);
         }
-        self.sent += u64::from(replies);
+        self.asked(replies);
         self.local_since_send = false;
         self.in_flight.push_back((self.sent, len));
         self.in_flight_bytes += len;
@@ -379,6 +404,11 @@ impl<'a> Input<'a> {
             .shared_requests
             .inc_by(u64::from(replies));
         Ok(())
+    }
+
+    fn asked(&mut self, replies: u32) {
+        self.sent += u64::from(replies);
+        self.link.asked.store(self.sent, Ordering::Relaxed);
     }
 
     fn local(&mut self, bytes: Bytes) {
@@ -448,6 +478,7 @@ async fn output(
     link: &Link,
     accepted: Instant,
     m: &ListenerMetrics,
+    activity: &Activity,
 ) -> Out {
     let mut written = 0u64;
     let mut first = Some(accepted);
@@ -459,6 +490,7 @@ async fn output(
             }
             sink.nudge();
             observe_first(&mut first, m);
+            activity.touch();
         }
         if end {
             break Out::Ended {
@@ -488,6 +520,7 @@ async fn output(
                     Err(out) => break out,
                 }
                 observe_first(&mut first, m);
+                activity.touch();
             }
             _ = link.local_ready.notified() => {}
         }

@@ -27,6 +27,11 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Idle time before TCP keepalive probes: a vanished peer is given up after about a minute.
 pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(30);
+/// Redis's own default `maxclients`.
+pub const DEFAULT_MAX_CLIENTS: usize = 10_000;
+/// Well under the 65,000 connections an ElastiCache node accepts, so that several tunnels (and
+/// the applications that connect directly) fit beside one another.
+pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
 
 /// The validated configuration the server runs with.
 #[derive(Debug, Clone)]
@@ -61,6 +66,14 @@ pub struct ListenerConfig {
     pub protocol: Protocol,
     /// What the tunnel does with the client's own AUTH.
     pub client_auth: ClientAuth,
+    /// Clients connected at once; one more is answered as Redis answers past `maxclients`.
+    pub max_clients: usize,
+    /// Upstream sessions open at once (pooled, shared, a client's own); past it a client waits
+    /// up to `connect_timeout` for one to be freed.
+    pub max_sessions: usize,
+    /// A client with nothing sent or received for this long, and nothing owed, is closed (as
+    /// Redis's `timeout`); `None`: never.
+    pub client_idle_timeout: Option<Duration>,
 }
 
 impl ListenerConfig {
@@ -324,6 +337,9 @@ impl Config {
                 protocol: None,
                 client_auth: None,
                 allow_unauthenticated: None,
+                max_clients: None,
+                max_sessions: None,
+                client_idle_timeout: None,
             })],
             ..RawConfig::default()
         };

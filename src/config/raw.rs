@@ -20,6 +20,9 @@ pub(super) struct RawConfig {
     pub(super) client_auth: Option<Spanned<RawClientAuth>>,
     pub(super) pool: Option<RawPool>,
     pub(super) admin: Option<RawAdmin>,
+    pub(super) max_clients: Option<Spanned<usize>>,
+    pub(super) max_sessions: Option<Spanned<usize>>,
+    pub(super) client_idle_timeout: Option<Spanned<HumanDuration<Duration>>>,
     #[serde(default)]
     pub(super) listener: Vec<Spanned<RawListener>>,
 }
@@ -93,6 +96,9 @@ pub(super) struct RawListener {
     pub(super) protocol: Option<Spanned<String>>,
     pub(super) client_auth: Option<Spanned<RawClientAuth>>,
     pub(super) allow_unauthenticated: Option<bool>,
+    pub(super) max_clients: Option<Spanned<usize>>,
+    pub(super) max_sessions: Option<Spanned<usize>>,
+    pub(super) client_idle_timeout: Option<Spanned<HumanDuration<Duration>>>,
 }
 
 #[cfg(test)]

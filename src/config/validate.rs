@@ -12,9 +12,9 @@ use toml::Spanned;
 
 use super::raw::*;
 use super::{
-    ClientAuth, Config, ConfigError, Credentials, DEFAULT_CONNECT_TIMEOUT, DEFAULT_SHUTDOWN_GRACE,
-    DEFAULT_TCP_KEEPALIVE, ListenerConfig, PoolConfig, Protocol, Role, Secret, Upstream,
-    UpstreamAddr,
+    ClientAuth, Config, ConfigError, Credentials, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CLIENTS,
+    DEFAULT_MAX_SESSIONS, DEFAULT_SHUTDOWN_GRACE, DEFAULT_TCP_KEEPALIVE, ListenerConfig,
+    PoolConfig, Protocol, Role, Secret, Upstream, UpstreamAddr,
 };
 use crate::limits::{MAX_MULTIPLEX, MAX_THREADS};
 use crate::tls::{self, MinVersion, TlsOptions};
@@ -79,6 +79,8 @@ pub(super) const NUMBER_KEYS: &[(&str, &str)] = &[
     ("min_idle", "2"),
     ("max_idle", "64"),
     ("multiplex", "2"),
+    ("max_clients", "10000"),
+    ("max_sessions", "10000"),
 ];
 pub(super) const BOOL_KEYS: &[&str] = &["reuse", "insecure_skip_verify", "allow_unauthenticated"];
 pub(super) const DURATION_KEYS: &[&str] = &[
@@ -88,6 +90,7 @@ pub(super) const DURATION_KEYS: &[&str] = &[
     "max_lifetime",
     "health_interval",
     "shared_reply_timeout",
+    "client_idle_timeout",
 ];
 /// Keys that take a string (or a list of strings); with [`DURATION_KEYS`], those an unquoted
 /// value is wrong for. Other keys (a misspelt one, say) keep toml's message.
@@ -272,6 +275,9 @@ pub(super) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             None => ClientAuth::Passthrough,
         },
         pool: raw.pool.as_ref(),
+        max_clients: raw.max_clients.as_ref(),
+        max_sessions: raw.max_sessions.as_ref(),
+        client_idle_timeout: raw.client_idle_timeout.as_ref(),
     };
     let mut listeners: Vec<ListenerConfig> = Vec::with_capacity(raw.listener.len());
     for spanned in &raw.listener {
@@ -299,6 +305,9 @@ struct Defaults<'a> {
     tls: RawTls,
     client_auth: ClientAuth,
     pool: Option<&'a RawPool>,
+    max_clients: Option<&'a Spanned<usize>>,
+    max_sessions: Option<&'a Spanned<usize>>,
+    client_idle_timeout: Option<&'a Spanned<HumanDuration<Duration>>>,
 }
 
 /// One `[[listener]]`, with the defaults merged in; `before` are the listeners above it.
@@ -367,6 +376,7 @@ fn listener(
         ));
     }
     check_exposure(l, listen, &client_auth, auth.is_some(), src)?;
+    let (max_clients, max_sessions, client_idle_timeout) = caps(l, defaults, &pool, src)?;
     Ok(ListenerConfig {
         name,
         listen,
@@ -380,7 +390,66 @@ fn listener(
         keepalive: defaults.keepalive,
         protocol,
         client_auth,
+        max_clients,
+        max_sessions,
+        client_idle_timeout,
     })
+}
+
+/// `max_clients`, `max_sessions` and `client_idle_timeout`: the listener's own, else the
+/// top level's, else the defaults. A session limit below `min_idle` could never fill the pool.
+fn caps(
+    l: &RawListener,
+    defaults: &Defaults<'_>,
+    pool: &PoolConfig,
+    src: &Source<'_>,
+) -> Result<(usize, usize, Option<Duration>), ConfigError> {
+    let at_least = |own: Option<&Spanned<usize>>,
+                    top: Option<&Spanned<usize>>,
+                    key: &str,
+                    min: usize,
+                    why: &str,
+                    default| {
+        let (v, key) = match (own, top) {
+            (Some(v), _) => (v, format!("listener.{key}")),
+            (None, Some(v)) => (v, key.to_owned()),
+            (None, None) => return Ok(default),
+        };
+        if *v.get_ref() < min {
+            return Err(src.invalid(&v.span(), &key, format!("must be at least {min}{why}")));
+        }
+        Ok(*v.get_ref())
+    };
+    let max_clients = at_least(
+        l.max_clients.as_ref(),
+        defaults.max_clients,
+        "max_clients",
+        1,
+        "",
+        DEFAULT_MAX_CLIENTS,
+    )?;
+    let min_sessions = pool.min_idle.max(1);
+    let why = if pool.min_idle > 1 {
+        " (the pool's min_idle)"
+    } else {
+        ""
+    };
+    let max_sessions = at_least(
+        l.max_sessions.as_ref(),
+        defaults.max_sessions,
+        "max_sessions",
+        min_sessions,
+        why,
+        DEFAULT_MAX_SESSIONS,
+    )?;
+    // "0s" (as Redis's `timeout 0`) or absent: never.
+    let idle = l
+        .client_idle_timeout
+        .as_ref()
+        .or(defaults.client_idle_timeout)
+        .map(|d| **d.get_ref())
+        .filter(|d| !d.is_zero());
+    Ok((max_clients, max_sessions, idle))
 }
 
 /// A duration that must not be zero, when given.
@@ -1061,6 +1130,38 @@ mod tests {
         assert!(
             e.starts_with("t.toml:3: listener.upstream: `bad` has no port"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn limits_default_merge_and_are_bounded() {
+        let l = &Config::from_toml(MIN, "t.toml").unwrap().listeners[0];
+        assert_eq!((l.max_clients, l.max_sessions), (10_000, 10_000));
+        assert_eq!(l.client_idle_timeout, None);
+        let text = format!(
+            "max_clients = 5\nclient_idle_timeout = \"1m\"\n{MIN}max_sessions = 3\nmax_clients = 7\n"
+        );
+        let l = &Config::from_toml(&text, "t.toml").unwrap().listeners[0];
+        assert_eq!(
+            (l.max_clients, l.max_sessions),
+            (7, 3),
+            "the listener's own wins"
+        );
+        assert_eq!(l.client_idle_timeout, Some(Duration::from_secs(60)));
+        let off = format!("client_idle_timeout = \"0s\"\n{MIN}");
+        let l = &Config::from_toml(&off, "t.toml").unwrap().listeners[0];
+        assert_eq!(
+            l.client_idle_timeout, None,
+            "0s is none, as Redis's timeout 0"
+        );
+        let e = err(&format!("max_clients = 0\n{MIN}"));
+        assert_eq!(e, "t.toml:1: max_clients: must be at least 1");
+        let e = err(&format!(
+            "{MIN}max_sessions = 1\n[listener.pool]\nmin_idle = 4\n"
+        ));
+        assert_eq!(
+            e,
+            "t.toml:4: listener.max_sessions: must be at least 4 (the pool's min_idle)"
         );
     }
 

@@ -36,6 +36,12 @@ struct CertLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    listener: String,
+    limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabel {
     result: &'static str,
 }
@@ -59,6 +65,9 @@ pub struct Metrics {
     failovers: Family<ListenerLabel, Counter>,
     cert_expiry: Family<CertLabels, Gauge>,
     reloads: Family<ReloadLabel, Counter>,
+    limits: Family<LimitLabels, Gauge>,
+    limit_hits: Family<LimitLabels, Counter>,
+    accept_errors: Family<ListenerLabel, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -84,6 +93,9 @@ impl Metrics {
             failovers: Family::default(),
             cert_expiry: Family::default(),
             reloads: Family::default(),
+            limits: Family::default(),
+            limit_hits: Family::default(),
+            accept_errors: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -156,6 +168,21 @@ impl Metrics {
             "Configuration reloads by result (ok, error)",
             m.reloads.clone(),
         );
+        registry.register(
+            "limit",
+            "A listener's configured limits: max_clients, max_sessions, client_idle_timeout (seconds, 0 = none)",
+            m.limits.clone(),
+        );
+        registry.register(
+            "limit_hits",
+            "Times a limit acted: a client refused at max_clients, a client that waited in vain for a session at max_sessions, a client closed at client_idle_timeout or at the client_auth deadline (auth_timeout)",
+            m.limit_hits.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "Failed accepts (out of file descriptors, or another passing condition); the listener backs off",
+            m.accept_errors.clone(),
+        );
         // Both results exist at 0 from the start: an alert on `increase(..{result="error"}[15m])`
         // and a dashboard need a series before the first reload, not an absent one.
         for result in ["ok", "error"] {
@@ -205,6 +232,7 @@ impl Metrics {
             shared_requests: self.shared_requests.get_or_create(&l).clone(),
             own_sessions: self.own_sessions.get_or_create(&l).clone(),
             failovers: self.failovers.get_or_create(&l).clone(),
+            accept_errors: self.accept_errors.get_or_create(&l).clone(),
             all: self.clone(),
         }
     }
@@ -231,7 +259,35 @@ pub struct ListenerMetrics {
     pub shared_requests: Counter,
     pub own_sessions: Counter,
     pub failovers: Counter,
+    pub accept_errors: Counter,
     all: Arc<Metrics>,
+}
+
+/// The limits counted in `ectunnel_limit_hits_total`, as its `limit` label says them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    MaxClients,
+    MaxSessions,
+    ClientIdleTimeout,
+    AuthTimeout,
+}
+
+impl Limit {
+    pub const ALL: [Limit; 4] = [
+        Limit::MaxClients,
+        Limit::MaxSessions,
+        Limit::ClientIdleTimeout,
+        Limit::AuthTimeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::MaxClients => "max_clients",
+            Limit::MaxSessions => "max_sessions",
+            Limit::ClientIdleTimeout => "client_idle_timeout",
+            Limit::AuthTimeout => "auth_timeout",
+        }
+    }
 }
 
 impl ListenerMetrics {
@@ -258,6 +314,38 @@ impl ListenerMetrics {
                 upstream: upstream.to_owned(),
             })
             .set(not_after_unix);
+    }
+
+    /// Publishes the configured limits (and every `limit_hits` series at 0, for alerts).
+    pub fn limits(&self, max_clients: usize, max_sessions: usize, idle: Option<f64>) {
+        let values = [
+            ("max_clients", max_clients as i64),
+            ("max_sessions", max_sessions as i64),
+            ("client_idle_timeout", idle.map_or(0, |s| s.ceil() as i64)),
+        ];
+        for (limit, v) in values {
+            self.all.limits.get_or_create(&self.limit(limit)).set(v);
+        }
+        for limit in Limit::ALL {
+            self.all
+                .limit_hits
+                .get_or_create_owned(&self.limit(limit.as_str()));
+        }
+    }
+
+    /// Counts a limit acting.
+    pub fn limit_hit(&self, limit: Limit) {
+        self.all
+            .limit_hits
+            .get_or_create(&self.limit(limit.as_str()))
+            .inc();
+    }
+
+    fn limit(&self, limit: &'static str) -> LimitLabels {
+        LimitLabels {
+            listener: self.name.clone(),
+            limit,
+        }
     }
 
     /// Counts one open upstream session until the guard is dropped.

@@ -208,6 +208,11 @@ impl Requests {
 
     /// The client already gave the tunnel's password (on a shared session, before it needed
     /// one of its own).
+    /// The client gave the `client_auth` password (`require`).
+    pub fn is_authed(&self) -> bool {
+        self.authed
+    }
+
     pub fn set_authed(&mut self) {
         self.authed = true;
     }

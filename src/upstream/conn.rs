@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use crate::admission::Slot;
 use crate::config::Role;
 use crate::limits::MAX_OWN_REPLY as MAX_REPLY;
 use crate::ops::metrics::GaugeGuard;
@@ -24,8 +25,23 @@ pub struct Conn {
     /// Whatever the server sent after the handshake replies; forwarded to the client first.
     pub leftover: BytesMut,
     pub created: Instant,
-    /// Counts this session in `ectunnel_upstream_sessions_open` while it lives.
-    pub open: Option<GaugeGuard>,
+    /// Counts this session while it lives; set by the pool once the dial succeeded.
+    pub open: Option<Open>,
+}
+
+/// A session counted in `ectunnel_upstream_sessions_open` and against `max_sessions`.
+pub struct Open {
+    _gauge: GaugeGuard,
+    _slot: Slot,
+}
+
+impl Open {
+    pub fn new(gauge: GaugeGuard, slot: Slot) -> Open {
+        Open {
+            _gauge: gauge,
+            _slot: slot,
+        }
+    }
 }
 
 /// Where a session is: the node it reached and what that node was then. Every part of the

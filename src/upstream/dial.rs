@@ -30,6 +30,8 @@ pub enum Stage {
     Role,
     /// Only `check --connect` sends a PING after AUTH.
     Ping,
+    /// No dial: `max_sessions` were open and none was freed in time.
+    Limit,
 }
 
 impl Stage {
@@ -41,6 +43,7 @@ impl Stage {
             Stage::Auth => "auth",
             Stage::Role => "role",
             Stage::Ping => "ping",
+            Stage::Limit => "limit",
         }
     }
 }

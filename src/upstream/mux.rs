@@ -41,7 +41,7 @@ use crate::limits::{
     BATCH_BYTES, NODE_GRACE, READ_BUF, REPLY_HEAD as ERROR_HEAD, SHARED_QUEUE_HARD, SHARED_STALL,
 };
 use crate::lock;
-use crate::ops::metrics::{GaugeGuard, ListenerMetrics};
+use crate::ops::metrics::ListenerMetrics;
 use crate::proto;
 use crate::proto::RespVersion;
 use crate::proto::scan::{Dir, Scanner};
@@ -692,7 +692,7 @@ struct Reader {
     name: String,
     /// The reader's one timer, for every deadline in [`Reader::deadline`].
     sleep: Pin<Box<tokio::time::Sleep>>,
-    _open: Option<GaugeGuard>,
+    _open: Option<super::conn::Open>,
 }
 
 /// What the reader waits for next.

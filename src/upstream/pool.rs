@@ -21,14 +21,15 @@ use tokio::sync::Notify;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{self, Conn};
-use super::dial::{DialError, dial};
+use super::conn::{self, Conn, Open};
+use super::dial::{DialError, Stage, dial};
 use super::node::Node;
 use super::resolve::Resolver;
+use crate::admission::{Admission, Slot};
 use crate::config::ListenerConfig;
 use crate::limits::{BACKOFF_MAX, BACKOFF_MIN};
 use crate::lock;
-use crate::ops::metrics::ListenerMetrics;
+use crate::ops::metrics::{Limit, ListenerMetrics};
 use crate::proto;
 
 /// A cheap handle; clones share one pool.
@@ -52,6 +53,8 @@ struct Inner {
     reset_unsupported: AtomicBool,
     stop: CancellationToken,
     metrics: ListenerMetrics,
+    /// Sessions open against `max_sessions`: every session this pool dials takes a slot.
+    admission: Arc<Admission>,
     /// A dial has succeeded at least once.
     reached: AtomicBool,
     /// The pool has held `min_idle` ready sessions at least once.
@@ -76,6 +79,7 @@ impl Pool {
         resolver: Resolver,
         node: Node,
         metrics: ListenerMetrics,
+        admission: Arc<Admission>,
         stop: CancellationToken,
     ) -> Pool {
         let pool = Pool {
@@ -90,6 +94,7 @@ impl Pool {
                 reset_unsupported: AtomicBool::new(false),
                 stop,
                 metrics,
+                admission,
                 reached: AtomicBool::new(false),
                 filled: AtomicBool::new(false),
             }),
@@ -136,9 +141,9 @@ impl Pool {
         Ok(())
     }
 
-    /// Dials, tells the node authority where it landed, and counts: result, duration, the
-    /// certificate's expiry, the open session.
-    async fn dial(&self) -> Result<Conn, DialError> {
+    /// Dials in `slot`, tells the node authority where it landed, and counts: result,
+    /// duration, the certificate's expiry, the open session.
+    async fn dial(&self, slot: Slot) -> Result<Conn, DialError> {
         let m = &self.inner.metrics;
         let started = Instant::now();
         match dial(&self.inner.l, &self.inner.resolver).await {
@@ -156,7 +161,7 @@ impl Pool {
                 {
                     m.cert_expiry(&self.inner.l.upstreams[s.at.candidate].addr.to_string(), t);
                 }
-                s.open = Some(m.upstream_guard());
+                s.open = Some(Open::new(m.upstream_guard(), slot));
                 Ok(s)
             }
             Err(e) => {
@@ -167,24 +172,52 @@ impl Pool {
     }
 
     /// A ready session: an idle one (no handshake on the client's path) or, when none is idle,
-    /// a fresh dial. While the upstream is known to be failing, the last error at once.
+    /// a fresh dial. While the upstream is known to be failing, the last error at once. With
+    /// `max_sessions` open, it waits up to `connect_timeout` for one to be freed or to come
+    /// back to the pool.
     pub async fn checkout(&self) -> Result<Conn, DialError> {
+        let l = &self.inner.l;
+        let sessions = &self.inner.admission.sessions;
+        let deadline = tokio::time::Instant::now() + l.connect_timeout;
+        loop {
+            let mut freed = std::pin::pin!(sessions.freed());
+            freed.as_mut().enable();
+            if let Some(s) = self.take_idle() {
+                return Ok(s);
+            }
+            self.inner.wake.notify_one();
+            if let Some(e) = lock(&self.inner.failing).clone() {
+                return Err(e);
+            }
+            if let Some(slot) = sessions.try_take(l.max_sessions) {
+                return self.dial(slot).await;
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                self.inner.metrics.limit_hit(Limit::MaxSessions);
+                return Err(DialError {
+                    stage: Stage::Limit,
+                    upstream: l.upstream_list(),
+                    reason: format!(
+                        "max_sessions ({}) upstream sessions are open and none was freed within {}",
+                        l.max_sessions,
+                        humantime::format_duration(l.connect_timeout)
+                    ),
+                });
+            }
+        }
+    }
+
+    /// The newest idle session still on the upstream, open and young enough.
+    fn take_idle(&self) -> Option<Conn> {
         let truth = self.inner.node.truth();
         loop {
-            let Some(mut s) = lock(&self.inner.idle).pop() else {
-                break;
-            };
+            let mut s = lock(&self.inner.idle).pop()?;
             if !truth.holds(&s.at) || self.expired(&s) || !still_open(&mut s) {
                 continue; // on a node that moved, too old, or closed by the server meanwhile
             }
             self.inner.wake.notify_one(); // refill behind us
-            return Ok(s);
+            return Some(s);
         }
-        self.inner.wake.notify_one();
-        if let Some(e) = lock(&self.inner.failing).clone() {
-            return Err(e);
-        }
-        self.dial().await
     }
 
     /// A session for one client's own use, counted against `max_idle` until it comes back.
@@ -222,6 +255,7 @@ impl Pool {
                 }
                 drop(idle);
                 self.inner.metrics.reused.inc();
+                self.inner.admission.sessions.nudge(); // for a client waiting at max_sessions
             }
             Ok(Err(ResetError::Unsupported(e))) => {
                 if !self.inner.reset_unsupported.swap(true, Ordering::Relaxed) {
@@ -300,8 +334,14 @@ async fn maintain(pool: Pool) {
         && !inner.reached.load(Ordering::Relaxed)
         && !inner.stop.is_cancelled()
     {
-        if let Some(s) = dial_or_back_off(&pool, &mut backoff).await {
-            drop(s);
+        match inner.admission.sessions.try_take(l.max_sessions) {
+            Some(slot) => drop(dial_or_back_off(&pool, slot, &mut backoff).await),
+            None => {
+                tokio::select! {
+                    _ = inner.stop.cancelled() => {}
+                    _ = inner.admission.sessions.freed() => {}
+                }
+            }
         }
     }
     loop {
@@ -315,8 +355,13 @@ async fn maintain(pool: Pool) {
             inner.filled.store(true, Ordering::Relaxed);
         }
         let out = inner.lent.load(Ordering::Relaxed);
-        if ready < l.pool.min_idle && ready + out < l.pool.max_idle.max(l.pool.min_idle) {
-            if let Some(s) = dial_or_back_off(&pool, &mut backoff).await {
+        let want = ready < l.pool.min_idle && ready + out < l.pool.max_idle.max(l.pool.min_idle);
+        // At max_sessions the pool does not grow; it waits below for a session to be freed.
+        let slot = want
+            .then(|| inner.admission.sessions.try_take(l.max_sessions))
+            .flatten();
+        if let Some(slot) = slot {
+            if let Some(s) = dial_or_back_off(&pool, slot, &mut backoff).await {
                 // A session that came back meanwhile is kept in preference to this one.
                 let mut idle = lock(&inner.idle);
                 if idle.len() < l.pool.min_idle {
@@ -330,6 +375,7 @@ async fn maintain(pool: Pool) {
             _ = inner.stop.cancelled() => continue,
             _ = inner.wake.notified() => {}
             _ = truth.changed() => {}
+            _ = inner.admission.sessions.freed(), if want => {}
             _ = tokio::time::sleep_until(wake_at.into()) => {}
         }
         if Instant::now() >= next_health {
@@ -353,10 +399,10 @@ impl Pool {
 
 /// One background dial. A failure becomes the error clients get at once while it lasts (logged
 /// once per outage) and the maintainer backs off; a success ends the outage.
-async fn dial_or_back_off(pool: &Pool, backoff: &mut Duration) -> Option<Conn> {
+async fn dial_or_back_off(pool: &Pool, slot: Slot, backoff: &mut Duration) -> Option<Conn> {
     let inner = &pool.inner;
     let l = &inner.l;
-    match pool.dial().await {
+    match pool.dial(slot).await {
         Ok(s) => {
             if lock(&inner.failing).take().is_some() {
                 tracing::info!(listener = %l.name, upstream = %l.upstream_list(), "upstream reachable again");
