@@ -103,6 +103,7 @@ impl Server {
     /// [`Server::bind`] with names resolved by `resolver`, for this and every later reload.
     pub async fn bind_with(config: Config, resolver: Resolver) -> Result<Server, BindError> {
         let metrics = Metrics::new();
+        warn_exposed(&config);
         let mut sockets = Vec::with_capacity(config.listeners.len());
         for l in config.listeners {
             let socket = bind(&l.name, l.listen).await?;
@@ -236,6 +237,7 @@ impl Server {
         sessions: &TaskTracker,
         end_sessions: &CancellationToken,
     ) -> Result<(), ReloadError> {
+        warn_exposed(&config);
         // First every new socket, so a failure leaves everything as it was.
         let mut sockets = HashMap::new();
         for l in &config.listeners {
@@ -358,6 +360,12 @@ impl Active {
     fn stop(&self) {
         self.stop_accepting.cancel();
         self.current.borrow().stop();
+    }
+}
+
+fn warn_exposed(config: &Config) {
+    for w in config.exposed_secrets() {
+        tracing::warn!("{w}");
     }
 }
 

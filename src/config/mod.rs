@@ -66,6 +66,8 @@ pub struct ListenerConfig {
     pub protocol: Protocol,
     /// What the tunnel does with the client's own AUTH.
     pub client_auth: ClientAuth,
+    /// `client_key`, kept to warn when others can read it.
+    pub client_key: Option<PathBuf>,
     /// Clients connected at once; one more is answered as Redis answers past `maxclients`.
     pub max_clients: usize,
     /// Upstream sessions open at once (pooled, shared, a client's own); past it a client waits
@@ -276,13 +278,39 @@ impl Config {
         files
     }
 
+    /// Secret files (`password_file`s, `client_key`s) that other users can read, each as a
+    /// line naming the file and its mode: `run` logs them at WARN (at start and on reload) and
+    /// `check` prints them. Such a file still works; whoever else is on the machine can read it.
+    pub fn exposed_secrets(&self) -> Vec<String> {
+        let mut files = self.secret_files();
+        files.extend(self.listeners.iter().filter_map(|l| l.client_key.clone()));
+        files.sort();
+        files.dedup();
+        files
+            .iter()
+            .filter_map(|f| {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(f).ok()?.permissions().mode() & 0o7777;
+                (mode & 0o004 != 0).then(|| {
+                    format!(
+                        "secret file {} is readable by other users (mode {mode:04o}); chmod 600 it (or 640 for a group)",
+                        f.display()
+                    )
+                })
+            })
+            .collect()
+    }
+
     /// Reads and validates a config file. Relative paths in it (`ca_file`, `password_file`,
     /// ...) are relative to the file's directory.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            path: path.to_owned(),
-            error,
-        })?;
+        // The text may hold an inline `password`: wiped when dropped, as the secret is.
+        let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|error| {
+            ConfigError::Read {
+                path: path.to_owned(),
+                error,
+            }
+        })?);
         let source = Source {
             name: path.display().to_string(),
             text: Some(&text),

@@ -7,6 +7,7 @@ use std::time::Duration;
 use humantime_serde::Serde as HumanDuration;
 use serde::Deserialize;
 use toml::Spanned;
+use zeroize::Zeroizing;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -60,7 +61,7 @@ pub(super) struct RawClientAuth {
     pub(super) username: Option<Spanned<String>>,
     pub(super) password_env: Option<Spanned<String>>,
     pub(super) password_file: Option<Spanned<PathBuf>>,
-    pub(super) password: Option<Spanned<String>>,
+    pub(super) password: Option<Spanned<Zeroizing<String>>>,
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -80,7 +81,7 @@ pub(super) struct RawAuth {
     pub(super) username: Option<Spanned<String>>,
     pub(super) password_env: Option<Spanned<String>>,
     pub(super) password_file: Option<Spanned<PathBuf>>,
-    pub(super) password: Option<Spanned<String>>,
+    pub(super) password: Option<Spanned<Zeroizing<String>>>,
 }
 
 #[derive(Deserialize)]

@@ -9,6 +9,7 @@ use std::time::Duration;
 use humantime_serde::Serde as HumanDuration;
 use rustls_pki_types::ServerName;
 use toml::Spanned;
+use zeroize::Zeroizing;
 
 use super::raw::*;
 use super::{
@@ -64,7 +65,7 @@ impl Source<'_> {
             .text
             .map(|text| (key_at(text, span.start), value_at(text, span.start)))
             .unwrap_or_default();
-        let message = kind_hint(&key, &value).unwrap_or_else(|| e.message().trim().to_owned());
+        let message = kind_hint(&key, &value).unwrap_or_else(|| without_literal(e.message()));
         ConfigError::Invalid {
             origin: self.at(&span),
             key,
@@ -149,13 +150,22 @@ fn kind_hint(key: &str, value: &str) -> Option<String> {
     ))
 }
 
+/// The line holding `offset` and where it starts; `None` inside a multi-line string (an odd
+/// number of `"""` or `\'\'\'` before it), whose lines are a value, perhaps a secret, never keys.
+fn line_at(text: &str, offset: usize) -> Option<(&str, usize)> {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let before = &text[..start];
+    if before.matches("\"\"\"").count() % 2 == 1 || before.matches("\'\'\'").count() % 2 == 1 {
+        return None;
+    }
+    Some((text[start..].lines().next().unwrap_or(""), start))
+}
+
 /// The value on the `key = value` line holding `offset`, as written: a quoted string up to
 /// its closing quote, anything else up to a comment.
 fn value_at(text: &str, offset: usize) -> String {
-    let offset = offset.min(text.len());
-    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
-    let line = text[line_start..].lines().next().unwrap_or("");
-    let Some((_, value)) = line.split_once('=') else {
+    let Some((_, value)) = line_at(text, offset).and_then(|(l, _)| l.split_once('=')) else {
         return String::new();
     };
     let value = value.trim();
@@ -164,6 +174,33 @@ fn value_at(text: &str, offset: usize) -> String {
         _ => value.find('#').unwrap_or(value.len()),
     };
     value[..end].trim().to_owned()
+}
+
+/// toml's message without the literal it quotes (`invalid type: integer \`12345678\``): the
+/// value may be a secret written in a form the hints do not recognise (an inline table, a
+/// quoted key). Messages that quote a key (`unknown field \`upstrem\``) keep it.
+fn without_literal(message: &str) -> String {
+    let message = message.trim();
+    if !message.starts_with("invalid type:") && !message.starts_with("invalid value:") {
+        return message.to_owned();
+    }
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some((before, after)) = rest.split_once(" `") {
+        out.push_str(before);
+        rest = after.split_once('`').map_or("", |(_, tail)| tail);
+    }
+    out.push_str(rest);
+    out
+}
+
+/// An environment variable's name as shells write them.
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// A value that came from a flag, not a file: there is no line to point at.
@@ -183,9 +220,10 @@ fn line_of(text: &str, offset: usize) -> usize {
 /// The dotted key on the line holding `offset`, prefixed by the table it sits in
 /// (`listener.tls.ca_file`), or the table header itself when the error is on a header line.
 fn key_at(text: &str, offset: usize) -> String {
-    let offset = offset.min(text.len());
-    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
-    let line = text[line_start..].lines().next().unwrap_or("").trim();
+    let Some((line, line_start)) = line_at(text, offset) else {
+        return String::new();
+    };
+    let line = line.trim();
     let header = |l: &str| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
     if line.starts_with('[') {
         return header(line);
@@ -360,6 +398,7 @@ fn listener(
     )?;
     let pool = pool_settings(l.pool.as_ref(), defaults.pool, src)?;
     let tls = tls_config(&options, &own_tls, &defaults.tls, spanned, src)?;
+    let client_key = options.client_key.clone();
     let auth = match &l.auth {
         Some(own) => Some(credentials(own, "listener.auth", src)?),
         None => defaults.auth.clone(),
@@ -390,6 +429,7 @@ fn listener(
         keepalive: defaults.keepalive,
         protocol,
         client_auth,
+        client_key,
         max_clients,
         max_sessions,
         client_idle_timeout,
@@ -806,9 +846,17 @@ fn credentials(
             "set exactly one of password_env, password_file or password",
         ));
     }
-    let password = if let Some(var) = &a.password_env {
+    let mut password = if let Some(var) = &a.password_env {
         let name = var.get_ref();
         let key = format!("{table}.password_env");
+        if !is_env_name(name) {
+            // Likely the token itself, typed where its variable's name belongs: not echoed.
+            return Err(src.invalid(
+                &var.span(),
+                &key,
+                "must name an environment variable (letters, digits, _), not hold the password (value not shown)",
+            ));
+        }
         match std::env::var(name) {
             Ok(v) if v.is_empty() => {
                 return Err(src.invalid(
@@ -817,7 +865,7 @@ fn credentials(
                     format!("environment variable {name} is empty"),
                 ));
             }
-            Ok(v) => v,
+            Ok(v) => Zeroizing::new(v),
             Err(std::env::VarError::NotPresent) => {
                 return Err(src.invalid(
                     &var.span(),
@@ -836,16 +884,24 @@ fn credentials(
     } else if let Some(file) = &a.password_file {
         let path = &src.path(file.get_ref());
         let key = format!("{table}.password_file");
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            src.invalid(
-                &file.span(),
-                &key,
-                format!("cannot read password file {}: {e}", path.display()),
-            )
-        })?;
+        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+            let written = file.get_ref().to_string_lossy();
+            let message = if e.kind() == std::io::ErrorKind::NotFound && !written.contains('/') {
+                // A password typed where its file belongs would be echoed: the line and key
+                // say which value, the message says where it was looked for.
+                let place = match src.dir {
+                    Some(_) => "the config file's directory",
+                    None => "the working directory",
+                };
+                format!("no such file in {place} (the value is not repeated here)")
+            } else {
+                format!("cannot read password file {}: {e}", path.display())
+            };
+            src.invalid(&file.span(), &key, message)
+        })?);
         // Secret files written by editors, `echo` or Kubernetes often end in a newline that is
         // not part of the token.
-        let value = text.trim_end_matches(['\r', '\n']).to_owned();
+        let value = Zeroizing::new(text.trim_end_matches(['\r', '\n']).to_owned());
         if value.is_empty() {
             return Err(src.invalid(
                 &file.span(),
@@ -871,7 +927,8 @@ fn credentials(
     };
     Ok(Credentials {
         username,
-        password: Secret::new(password),
+        // Moved, not copied: the wiped buffer is the only one.
+        password: Secret::new(std::mem::take(&mut *password)),
         file: a.password_file.as_ref().map(|f| src.path(f.get_ref())),
     })
 }
@@ -1227,7 +1284,47 @@ mod tests {
         assert_eq!(c.secret_files(), vec![dir.path().join("tok")]);
         // Text without a file (and flags) keep the working directory.
         let e = err(&format!("[auth]\npassword_file = \"tok\"\n{MIN}"));
-        assert!(e.contains("cannot read password file tok:"), "{e}");
+        assert!(
+            e.ends_with("no such file in the working directory (the value is not repeated here)"),
+            "{e}"
+        );
+    }
+
+    /// A secret written where the config wants something else is never repeated in the error.
+    #[test]
+    fn errors_never_repeat_a_secret() {
+        const S: &str = "Xq7Zr2Kp9Lm4Nv8Tw3Yb";
+        let cases = [
+            // In an unclosed multi-line string, on a line that looks like `key = value`.
+            format!("[auth]\npassword = \"\"\"\nthreads = {S}\n{MIN}"),
+            // In an inline table, and under a quoted key: toml quotes the literal.
+            format!("auth = {{ password = 1{S} }}\n{MIN}").replace(S, "234567890123"),
+            format!("[auth]\n'password' = 234567890123\n{MIN}"),
+            // The token typed where its variable's name, or its file, belongs.
+            format!("[auth]\npassword_env = \"{S}-+!\"\n{MIN}"),
+            format!("[auth]\npassword_file = \"{S}-+!\"\n{MIN}"),
+        ];
+        for text in cases {
+            let e = err(&text);
+            assert!(!e.contains(S) && !e.contains("234567890123"), "{e}");
+            assert!(e.starts_with("t.toml:"), "{e}");
+        }
+    }
+
+    #[test]
+    fn secret_files_others_can_read_are_named_with_their_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let tok = dir.path().join("tok");
+        std::fs::write(&tok, "file-token-123456\n").unwrap();
+        std::fs::set_permissions(&tok, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let text = format!("[auth]\npassword_file = \"{}\"\n{MIN}", tok.display());
+        let c = Config::from_toml(&text, "t.toml").unwrap();
+        let w = c.exposed_secrets();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains(&tok.display().to_string()) && w[0].contains("mode 0644"));
+        std::fs::set_permissions(&tok, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(c.exposed_secrets().is_empty());
     }
 
     #[test]

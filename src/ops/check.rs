@@ -13,12 +13,21 @@ use crate::upstream::{self, DialError, Resolver};
 /// Prints what the config defines; with `connect`, dials every upstream (TCP, TLS, AUTH, PING)
 /// and prints one line per listener. Returns whether every listener passed.
 pub async fn check(config: &Config, connect: bool) -> bool {
-    let warned: usize = config.listeners.iter().map(|l| warnings(l).len()).sum();
+    let exposed = config.exposed_secrets();
+    let warned: usize = exposed.len()
+        + config
+            .listeners
+            .iter()
+            .map(|l| warnings(l).len())
+            .sum::<usize>();
     let tail = match warned {
         0 => String::new(),
         n => format!(", {n} warning(s)"),
     };
     println!("config ok: {} listener(s){tail}", config.listeners.len());
+    for w in &exposed {
+        println!("WARN  {w}");
+    }
     if !connect {
         for l in &config.listeners {
             println!(
