@@ -221,7 +221,11 @@ const NO_TLS: &str =
 /// speaks for itself.
 fn tls_failed(e: &io::Error) -> String {
     let not_tls = match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-        Some(rustls::Error::InvalidMessage(_)) => true,
+        // What a plain-text reply (`-ERR …`, `+…`) parses as when read as a TLS record.
+        Some(rustls::Error::InvalidMessage(
+            rustls::InvalidMessage::InvalidContentType
+            | rustls::InvalidMessage::UnknownProtocolVersion,
+        )) => true,
         Some(_) => false,
         None => matches!(
             e.kind(),
