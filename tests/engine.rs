@@ -62,6 +62,27 @@ fn reset_is_followed_by_the_tunnels_auth_whose_reply_is_swallowed() {
 }
 
 #[test]
+fn a_reply_to_the_tunnels_auth_that_is_not_resp_ends_the_session_however_it_arrives() {
+    let req = [cmd(&["RESET"]), cmd(&["GET", "k"])].concat();
+    let rep: &[u8] = b"+RESET\r\n*2\r\n$2\r\nok\r\n\x00garbage\r\n$1\r\nv\r\n";
+    let mut seen = Vec::new();
+    for cut in 0..=rep.len() {
+        let mut s = passthrough();
+        let (mut up, mut client) = (Vec::new(), Vec::new());
+        s.client_sends(&req, &mut up, &mut client);
+        let closed =
+            s.server_sends(&rep[..cut], &mut client) || s.server_sends(&rep[cut..], &mut client);
+        assert!(
+            closed,
+            "cut {cut}: the session goes on after a reply it cannot delimit"
+        );
+        seen.push(client);
+    }
+    // The client gets its RESET's reply and nothing of the malformed one, wherever it was cut.
+    assert!(seen.iter().all(|c| c == b"+RESET\r\n"), "{seen:?}");
+}
+
+#[test]
 fn acl_user_reauth_after_reset() {
     let mut s = MemSession::new(ClientAuth::Passthrough, Some(creds(Some("app"), "pw")));
     let (up, _) = exchange(&mut s, &cmd(&["RESET"]), b"");

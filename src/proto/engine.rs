@@ -697,12 +697,18 @@ impl Replies {
             };
             let (n, done) = match self.scan.feed(&buf[i..]) {
                 Ok(r) => r,
+                // The reply to a command the tunnel sent is not RESP: where it ends, so what
+                // after it is the client's, cannot be told. Forwarding from here would pass on
+                // a part of it that depends on how the bytes arrived; end the session instead.
+                Err(_) if owner == Owner::Swallow => {
+                    self.mode = Mode::Raw;
+                    progress.close = true;
+                    return progress;
+                }
                 Err(_) => {
                     // Not RESP we understand: forward everything from here untouched.
                     self.mode = Mode::Raw;
-                    if owner != Owner::Swallow {
-                        forward(ops, i..buf.len());
-                    }
+                    forward(ops, i..buf.len());
                     return progress;
                 }
             };
