@@ -27,6 +27,7 @@ fn each_input(target: &str, check: impl Fn(&[u8])) -> usize {
             ran += 1;
         }
     }
+    eprintln!("{target}: {ran} inputs");
     ran
 }
 

@@ -11,7 +11,7 @@ use ectunnel::proto::memory::MemSession;
 use super::split;
 
 /// What a session made of its input.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(PartialEq, Eq)]
 pub struct Outcome {
     pub upstream: Vec<u8>,
     pub client: Vec<u8>,
@@ -20,6 +20,19 @@ pub struct Outcome {
     pub server_closed: bool,
     pub pending: u64,
     pub injected_errors: Vec<String>,
+}
+
+impl std::fmt::Debug for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outcome")
+            .field("upstream", &self.upstream.escape_ascii().to_string())
+            .field("client", &self.client.escape_ascii().to_string())
+            .field("client_stopped", &self.client_stopped)
+            .field("server_closed", &self.server_closed)
+            .field("pending", &self.pending)
+            .field("injected_errors", &self.injected_errors)
+            .finish()
+    }
 }
 
 /// The password `require` mode and the injected AUTH use; the seeds spell it in AUTH commands.
@@ -108,7 +121,14 @@ pub fn check(data: &[u8]) {
             if i + j == 0 {
                 continue;
             }
-            let got = run(seed, requests, r, replies, p);
+            let mut got = run(seed, requests, r, replies, p);
+            if got.client_stopped && want.client_stopped {
+                // An ordinary request streams upstream as soon as its name is in: how much of
+                // one that turns out malformed went before the error depends on the split.
+                let n = got.upstream.len().min(want.upstream.len());
+                assert_eq!(got.upstream[..n], want.upstream[..n], "{r:?} / {p:?}");
+                got.upstream.clone_from(&want.upstream);
+            }
             assert_eq!(
                 got, want,
                 "requests split {r:?}, replies split {p:?} end differently"
