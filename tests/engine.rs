@@ -62,6 +62,49 @@ fn reset_is_followed_by_the_tunnels_auth_whose_reply_is_swallowed() {
 }
 
 #[test]
+fn a_reply_to_the_tunnels_auth_that_is_not_resp_ends_the_session_however_it_arrives() {
+    let req = [cmd(&["RESET"]), cmd(&["GET", "k"])].concat();
+    let rep: &[u8] = b"+RESET\r\n*2\r\n$2\r\nok\r\n\x00garbage\r\n$1\r\nv\r\n";
+    let mut seen = Vec::new();
+    for cut in 0..=rep.len() {
+        let mut s = passthrough();
+        let (mut up, mut client) = (Vec::new(), Vec::new());
+        s.client_sends(&req, &mut up, &mut client);
+        let closed =
+            s.server_sends(&rep[..cut], &mut client) || s.server_sends(&rep[cut..], &mut client);
+        assert!(
+            closed,
+            "cut {cut}: the session goes on after a reply it cannot delimit"
+        );
+        seen.push(client);
+    }
+    // The client gets its RESET's reply and nothing of the malformed one, wherever it was cut.
+    assert!(seen.iter().all(|c| c == b"+RESET\r\n"), "{seen:?}");
+}
+
+#[test]
+fn a_request_cut_off_by_malformed_input_is_not_waited_for() {
+    // SET streams upstream once its name is in; then a header turns out malformed.
+    let head = [
+        cmd(&["GET", "k"]),
+        b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n".to_vec(),
+    ]
+    .concat();
+    let mut s = passthrough();
+    let (mut up, mut client) = (Vec::new(), Vec::new());
+    assert!(!s.client_sends(&head, &mut up, &mut client));
+    assert!(s.client_sends(b":1\r\n", &mut up, &mut client));
+    assert_eq!(up, head, "the streamed part went upstream");
+    // The server answers GET, never the SET it got half of: the error follows GET's reply.
+    assert!(s.server_sends(b"$-1\r\n", &mut client));
+    assert_eq!(
+        client,
+        b"$-1\r\n-ERR Protocol error: expected '$', got ':'\r\n"
+    );
+    assert_eq!(s.pending_replies(), 0);
+}
+
+#[test]
 fn acl_user_reauth_after_reset() {
     let mut s = MemSession::new(ClientAuth::Passthrough, Some(creds(Some("app"), "pw")));
     let (up, _) = exchange(&mut s, &cmd(&["RESET"]), b"");

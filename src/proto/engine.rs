@@ -81,6 +81,9 @@ pub enum Entry {
     Resync,
     /// Send this, then end the session (the client sent something malformed).
     Close(Bytes),
+    /// The request streaming upstream was cut off by malformed input: the server never answers
+    /// it, so the reply counted for it is not waited for (taken off the FIFO's tail, never kept).
+    Abandoned,
 }
 
 /// The reply FIFO shared by both sides of a session.
@@ -94,6 +97,11 @@ impl Fifo {
         match (self.q.back_mut(), &e) {
             (Some(Entry::Client(n)), Entry::Client(m)) => *n += m,
             (Some(Entry::Swallow(n)), Entry::Swallow(m)) => *n += m,
+            (Some(Entry::Client(n)), Entry::Abandoned) if *n > 1 => *n -= 1,
+            (Some(Entry::Client(_)), Entry::Abandoned) => {
+                self.q.pop_back();
+            }
+            (_, Entry::Abandoned) => {}
             _ => self.q.push_back(e),
         }
     }
@@ -159,6 +167,8 @@ pub struct Requests {
     held: usize,
     /// The current frame was decided on its name and streams through as it arrives.
     streaming: bool,
+    /// The streaming frame has a reply counted for it in the FIFO.
+    streaming_owed: bool,
     /// Replies pair with requests (see the module note).
     synced: bool,
     /// The protocol the connection will be in once the requests so far have run.
@@ -176,6 +186,7 @@ impl Requests {
             scan: Scanner::new(Dir::Request),
             held: 0,
             streaming: false,
+            streaming_owed: false,
             synced: true,
             version: RespVersion::V2,
             authed: false,
@@ -270,15 +281,18 @@ impl Requests {
                 }
                 forward(ops, frame_start..i);
                 self.streaming = true;
+                self.streaming_owed = self.synced;
                 frame_start = i;
                 continue;
             }
             if i - frame_start > HOLD_LIMIT {
+                let before = entries.len();
                 if let Err(e) = self.decide_long(buf, frame_start, entries) {
                     return self.protocol_error(&e, frame_start, entries);
                 }
                 forward(ops, frame_start..i);
                 self.streaming = true;
+                self.streaming_owed = entries[before..].contains(&Entry::Client(1));
                 frame_start = i;
             }
         }
@@ -292,6 +306,11 @@ impl Requests {
     /// Queues Redis's own `-ERR Protocol error: …` as the client's last reply; nothing from the
     /// malformed frame on is forwarded.
     fn protocol_error(&mut self, e: &ScanError, at: usize, entries: &mut Vec<Entry>) -> Progress {
+        // Part of the frame already went upstream, where it stays incomplete: the error goes
+        // out after the replies to the requests before it, not after one that never comes.
+        if self.streaming && self.streaming_owed {
+            entries.push(Entry::Abandoned);
+        }
         entries.push(Entry::Close(protocol_error(e)));
         self.held = 0;
         Progress {
@@ -702,12 +721,18 @@ impl Replies {
             };
             let (n, done) = match self.scan.feed(&buf[i..]) {
                 Ok(r) => r,
+                // The reply to a command the tunnel sent is not RESP: where it ends, so what
+                // after it is the client's, cannot be told. Forwarding from here would pass on
+                // a part of it that depends on how the bytes arrived; end the session instead.
+                Err(_) if owner == Owner::Swallow => {
+                    self.mode = Mode::Raw;
+                    progress.close = true;
+                    return progress;
+                }
                 Err(_) => {
                     // Not RESP we understand: forward everything from here untouched.
                     self.mode = Mode::Raw;
-                    if owner != Owner::Swallow {
-                        forward(ops, i..buf.len());
-                    }
+                    forward(ops, i..buf.len());
                     return progress;
                 }
             };

@@ -228,6 +228,9 @@ impl Scanner {
                     }
                 }
                 State::Inline { len } => match memchr(b'\n', &buf[i..]) {
+                    // Judged on the whole line, not on how much of it arrived before its
+                    // newline, so that the verdict does not depend on how the input was split.
+                    Some(at) if len + at > MAX_INLINE => return Err(ScanError::InlineTooBig),
                     Some(at) => {
                         i += at + 1;
                         self.state = State::Start;
@@ -524,6 +527,18 @@ mod tests {
         assert_eq!(err(b"*x\r\n"), "invalid multibulk length");
         assert_eq!(err(b"*1\r\n$-3\r\n"), "invalid bulk length");
         assert_eq!(err(&vec![b'a'; MAX_INLINE + 1]), "too big inline request");
+        // However the line arrives: whole with its newline, or cut before it.
+        let mut long = vec![b'a'; MAX_INLINE + 1];
+        long.push(b'\n');
+        assert_eq!(err(&long), "too big inline request");
+        let mut longest = vec![b'a'; MAX_INLINE];
+        longest.push(b'\n');
+        for cut in [0, MAX_INLINE, MAX_INLINE + 1] {
+            assert_eq!(
+                boundaries(Dir::Request, &longest, &[cut]).unwrap(),
+                vec![MAX_INLINE + 1]
+            );
+        }
     }
 
     #[test]

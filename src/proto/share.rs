@@ -617,13 +617,23 @@ mod tests {
             s.split(b"get \"unbalanced\r\n", Budget::UNLIMITED).stop,
             Some(Stop::Own)
         );
-        // Past Redis's inline limit Redis closes the connection: never on a shared one.
+        // Past Redis's inline limit Redis closes the connection: never on a shared one. The
+        // tunnel answers as Redis would, whether or not the line's end came in the same read.
         let long = format!("SET k {}\r\n", "x".repeat(70 * 1024));
-        let mut s = Splitter::new(ClientAuth::Passthrough, None);
-        assert_eq!(
-            s.split(long.as_bytes(), Budget::UNLIMITED).stop,
-            Some(Stop::Own)
-        );
+        for cut in [long.len(), 60 * 1024] {
+            let mut s = Splitter::new(ClientAuth::Passthrough, None);
+            let first = s.split(&long.as_bytes()[..cut], Budget::UNLIMITED);
+            let stop = first
+                .stop
+                .or_else(|| s.split(long.as_bytes(), Budget::UNLIMITED).stop);
+            assert_eq!(
+                stop,
+                Some(Stop::Malformed(Bytes::from_static(
+                    b"-ERR Protocol error: too big inline request\r\n"
+                ))),
+                "cut {cut}"
+            );
+        }
         assert_eq!(
             Splitter::new(ClientAuth::Passthrough, None)
                 .split(b"get k\r\n", Budget::UNLIMITED)

@@ -1,0 +1,9 @@
+#![no_main]
+
+#[path = "../props/mod.rs"]
+mod props;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| props::scan::check(
+    ectunnel::proto::scan::Dir::Reply,
+    data
+));
