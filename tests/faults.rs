@@ -30,9 +30,10 @@ const REPLY: Duration = Duration::from_secs(1);
 /// What a loaded 2-core machine may add to any deadline.
 const SLACK: Duration = Duration::from_secs(3);
 
-/// A reply to a client on shared sessions: the replies before it (a session owing one answers,
-/// or is declared dead, within `REPLY` of the server's last byte), a fresh session if that one
-/// broke (TCP, TLS, AUTH, each under `CONNECT`), then its own reply (`REPLY`).
+/// A reply to a client on shared sessions (docs/behaviour.md: `2T + 4C`): the replies before it
+/// (a session owing one answers, or is declared dead, within `REPLY` of the server's last byte),
+/// a fresh session if that one broke (TCP, TLS, AUTH, each under `CONNECT`; no DNS for an IP
+/// address), then its own reply (`REPLY`).
 fn shared_bound() -> Duration {
     2 * REPLY + 3 * CONNECT + SLACK
 }
