@@ -51,6 +51,11 @@ impl Relay {
                 let Ok(server) = TcpStream::connect(upstream).await else {
                     continue;
                 };
+                // Every write goes out at once, as its own packet: without this, Nagle would
+                // hold a drip's bytes back, and a reset would discard what it held.
+                for s in [&client, &server] {
+                    let _ = s.set_nodelay(true);
+                }
                 tokio::spawn(connection(
                     client,
                     server,
