@@ -769,3 +769,68 @@ async fn client_pause_write_is_explained_after_shared_reply_timeout() {
     )
     .await;
 }
+
+/// A reset inside one client's reply, on a shared session another client's request waits on:
+/// the first gets the part that arrived and is disconnected (nothing can follow half a reply);
+/// the second stays connected, its request answered with an error or, if it went out on a
+/// fresh session after the reset, rightly.
+#[tokio::test]
+async fn a_reset_inside_a_reply_disconnects_only_the_client_it_was_for() {
+    let pki = pki(&["localhost"]);
+    let redis = Redis::start(&pki, &["--requirepass", TOKEN]);
+    let relay = Relay::start(redis.addr().parse().unwrap()).await;
+    let toml = format!(
+        "[tls]\nca_file = \"{}\"\nserver_name = \"localhost\"\n[auth]\npassword = \"{TOKEN}\"\n[pool]\nmin_idle = 1\nmultiplex = 1\n[[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\n",
+        pki.ca.display(),
+        relay.addr
+    );
+    let tunnel = Tunnel::start(&toml).await;
+    let big = "v".repeat(200_000);
+    let mut d = direct(&redis, &pki, TOKEN).await;
+    assert_eq!(
+        roundtrip(&mut d, &cmd(&["SET", "big", &big])).await,
+        "+OK\r\n"
+    );
+    let (mut a, mut b) = (connect(tunnel.addr()).await, connect(tunnel.addr()).await);
+    for c in [&mut a, &mut b] {
+        assert_eq!(roundtrip(c, &cmd(&["PING"])).await, "+PONG\r\n");
+    }
+    // Three whole TLS records of the 200 kB reply arrive, then the reset.
+    relay.set(Mode::Reset(50_000));
+    a.write_all(&cmd(&["GET", "big"])).await.unwrap();
+    b.write_all(&cmd(&["GET", "small"])).await.unwrap();
+    let (got, end) = read_until_closed(&mut a).await;
+    let whole = bulk(&big);
+    assert!(
+        got.len() > 16_384 && got.len() < whole.len() && whole.starts_with(&got),
+        "{} bytes, starting {:?}, then {end:?}",
+        got.len(),
+        got.chars().take(20).collect::<String>()
+    );
+    let got = read_reply(&mut b).await;
+    assert!(
+        got.starts_with("-ERR ectunnel: upstream read failed") || got == "$-1\r\n",
+        "{got}"
+    );
+    relay.set(Mode::Pass);
+    assert_eq!(roundtrip(&mut b, &cmd(&["GET", "small"])).await, "$-1\r\n");
+    assert_eq!(relay.cut(), 1);
+}
+
+/// What arrives until the connection closes, and how it closed (`None`: cleanly).
+async fn read_until_closed(c: &mut TcpStream) -> (String, Option<std::io::ErrorKind>) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16384];
+    let end = tokio::time::timeout(WAIT, async {
+        loop {
+            match c.read(&mut buf).await {
+                Ok(0) => return None,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return Some(e.kind()),
+            }
+        }
+    })
+    .await
+    .expect("the connection closes");
+    (String::from_utf8_lossy(&got).into_owned(), end)
+}
