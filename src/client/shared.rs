@@ -560,9 +560,12 @@ fn due_locals(link: &Link, written: u64) -> (BytesMut, bool) {
 }
 
 /// Writes `out`, unless the client is cut off first (a client that does not read blocks this
-/// write; being cut off must still end it).
+/// write; being cut off must still end it). The write is tried first: what was delivered
+/// before the cut (the part of a reply that arrived before its session broke) goes out when
+/// the client can take it, rather than racing the cut and being dropped unseen.
 async fn write_or_cut(wr: &mut ClientWrite<'_>, sink: &Sink, out: &[u8]) -> Result<(), Out> {
     tokio::select! {
+        biased;
         r = wr.write_all(out) => r.map_err(|_| Out::Gone),
         cut = sink.cut_off() => Err(Out::Cut(cut)),
     }

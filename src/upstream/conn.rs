@@ -129,9 +129,7 @@ pub async fn read_raw<R: AsyncRead + Unpin>(
         if buf.len() > MAX_REPLY {
             return Err(ReplyError::Unexpected("reply too long".into()));
         }
-        if r.read_buf(buf).await? == 0 {
-            return Err(ReplyError::Closed);
-        }
+        fill(r, buf).await?;
     }
 }
 
@@ -156,9 +154,19 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         if buf.len() > MAX_REPLY {
             return Err(ReplyError::Unexpected("reply too long".into()));
         }
-        if r.read_buf(buf).await? == 0 {
-            return Err(ReplyError::Closed);
-        }
+        fill(r, buf).await?;
+    }
+}
+
+/// Reads more of a reply into `buf`. Redis closes TLS connections without close_notify, which
+/// rustls reports as an error: that is the server closing too, and is said so (rather than with
+/// rustls's wording and a link to its manual, which would reach the client's `-ERR ectunnel:`).
+async fn fill<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut) -> Result<(), ReplyError> {
+    match r.read_buf(buf).await {
+        Ok(0) => Err(ReplyError::Closed),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ReplyError::Closed),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -227,6 +235,32 @@ mod tests {
         let role = OwnedFrame::Array(vec![OwnedFrame::BulkString(b"slave".to_vec())]);
         assert_eq!(role_of(&role), Some(NodeRole::Replica));
         assert_eq!(role_of(&OwnedFrame::Integer(1)), None);
+    }
+
+    /// What rustls reports when the server closes without close_notify, as Redis does.
+    struct NoCloseNotify;
+
+    impl AsyncRead for NoCloseNotify {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let e = std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "peer closed connection without sending TLS close_notify",
+            );
+            std::task::Poll::Ready(Err(e))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_server_closing_without_close_notify_is_a_server_closing() {
+        let mut buf = BytesMut::from(&b"+O"[..]);
+        let e = read_frame(&mut NoCloseNotify, &mut buf).await.unwrap_err();
+        assert_eq!(e.to_string(), "connection closed by the server");
+        let e = read_raw(&mut NoCloseNotify, &mut buf).await.unwrap_err();
+        assert_eq!(e.to_string(), "connection closed by the server");
     }
 
     #[tokio::test]

@@ -161,6 +161,17 @@ impl Redis {
         let _ = self.child.wait();
     }
 
+    /// Waits (bounded by [`WAIT`]) for the process to exit by itself, e.g. after `SHUTDOWN`,
+    /// so that its port is free for a restart.
+    pub async fn exited(&mut self) {
+        let child = &mut self.child;
+        eventually("redis-server exits", || {
+            let gone = !matches!(child.try_wait(), Ok(None));
+            async move { gone }
+        })
+        .await;
+    }
+
     /// Stops the process (SIGSTOP): it keeps its sockets open but answers nothing, like a
     /// node that vanished from the network without a reset.
     pub fn freeze(&self) {
