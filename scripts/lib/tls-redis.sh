@@ -37,6 +37,15 @@ start_tls_redis() {
     return 1
 }
 
+# free_port: a loopback port nothing listens on now.
+free_port() {
+    local p
+    while :; do
+        p=$(( 20000 + RANDOM % 40000 ))
+        (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+    done
+}
+
 # start_tunnel NAME CONFIG_FILE [ARGS...]: runs ectunnel ($bin) in the background; sets
 # tunnel_pid and tunnel_port (read from its "listening" log line).
 start_tunnel() {
