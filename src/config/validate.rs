@@ -173,7 +173,13 @@ fn value_at(text: &str, offset: usize) -> String {
         Some(q @ ('"' | '\'')) => value[1..].find(q).map_or(value.len(), |i| i + 2),
         _ => value.find('#').unwrap_or(value.len()),
     };
-    value[..end].trim().to_owned()
+    let value = value[..end].trim();
+    // Unquoted words with more after them are not one value (`1.2 password = "…"`): no hint
+    // then, and nothing of the rest of the line repeated.
+    if !value.starts_with(['"', '\'']) && value.contains(char::is_whitespace) {
+        return String::new();
+    }
+    value.to_owned()
 }
 
 /// toml's message without the literal it quotes (`invalid type: integer \`12345678\``): the
@@ -224,7 +230,7 @@ fn key_at(text: &str, offset: usize) -> String {
         return String::new();
     };
     let line = line.trim();
-    let header = |l: &str| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
+    let header = |l: &str| key_name(l.trim_start_matches('[').split(']').next().unwrap_or(""));
     if line.starts_with('[') {
         return header(line);
     }
@@ -236,13 +242,23 @@ fn key_at(text: &str, offset: usize) -> String {
         .map(header);
     let key = line
         .split_once('=')
-        .map(|(k, _)| k.trim().trim_matches('"'));
+        .map(|(k, _)| key_name(k.trim().trim_matches('"')));
     match (table, key) {
         (Some(t), Some(k)) => format!("{t}.{k}"),
         (None, Some(k)) => k.to_owned(),
         (Some(t), None) => t,
         (None, None) => String::new(),
     }
+}
+
+/// The dotted key at the start of `s`, up to the first character no key has: a header left
+/// unclosed (`[auth password = "…"`) or a key run into its table (`[auth]password = "…"`) must
+/// not carry the value written after it into the error.
+fn key_name(s: &str) -> String {
+    let end = s
+        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ' ')))
+        .unwrap_or(s.len());
+    s[..end].trim().to_owned()
 }
 
 /// A `[tls]` key merged from the listener's own section or the top-level default, remembering
@@ -1303,6 +1319,13 @@ mod tests {
             // The token typed where its variable's name, or its file, belongs.
             format!("[auth]\npassword_env = \"{S}-+!\"\n{MIN}"),
             format!("[auth]\npassword_file = \"{S}-+!\"\n{MIN}"),
+            // A header left unclosed or run into its key, and words after an unquoted value:
+            // the line is not repeated past its key.
+            format!("[auth password = \"{S}\"\n{MIN}"),
+            format!("[[listener password = \"{S}\"\n{MIN}"),
+            format!("[auth]password = \"{S}\"\n{MIN}"),
+            format!("[tls]\nmin_version = 1.2 password = \"{S}\"\n{MIN}"),
+            format!("{MIN}listen = 127.0.0.1:6379 password = \"{S}\"\n"),
         ];
         for text in cases {
             let e = err(&text);
