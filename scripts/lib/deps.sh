@@ -19,3 +19,8 @@ ensure_redis() {
     command -v openssl >/dev/null || missing+=(openssl)
     if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 }
+
+# cargo-deny, which judges the dependency graph's licenses and sources (deny.toml).
+ensure_cargo_deny() {
+    command -v cargo-deny >/dev/null || cargo install --locked cargo-deny
+}
