@@ -40,7 +40,7 @@ pub async fn serve(mut client: TcpStream, peer: SocketAddr, handle: Handle) {
             Ok(shared::Next::Linger) => return Box::pin(linger(client)).await,
             Ok(shared::Next::Expired(limit)) => return Box::pin(expired(client, &l, limit)).await,
             Ok(shared::Next::Refuse(e)) => {
-                tracing::warn!(listener = %l.config.name, client = %peer, "{e}");
+                log_refused(&l, peer, &e);
                 return Box::pin(refuse(client, &e)).await;
             }
             Err(e) => {
@@ -70,6 +70,16 @@ async fn expired(client: TcpStream, l: &Listener, limit: Limit) {
 }
 
 /// Sends the one `-ERR ectunnel: …` line, then closes with [`linger`].
+/// A client refused for want of a session: at WARN, or at DEBUG when it is the outage the pool
+/// already logged.
+fn log_refused(l: &Listener, peer: SocketAddr, e: &DialError) {
+    if l.pool.outage_logged(e) {
+        tracing::debug!(listener = %l.config.name, client = %peer, "{e}");
+    } else {
+        tracing::warn!(listener = %l.config.name, client = %peer, "{e}");
+    }
+}
+
 async fn refuse(client: TcpStream, e: &DialError) {
     refuse_line(client, &format!("-ERR ectunnel: {e}\r\n")).await;
 }

@@ -66,7 +66,7 @@ pub(super) async fn serve(
     let (up, lent) = match l.pool.checkout_own().await {
         Ok(up) => up,
         Err(e) => {
-            tracing::warn!(listener = %l.config.name, client = %peer, "{e}");
+            super::log_refused(&l, peer, &e);
             return refuse(client, &e).await;
         }
     };

@@ -56,7 +56,7 @@ impl fmt::Display for Stage {
 
 /// Why an upstream session could not be made. Its `Display` is exactly what follows
 /// `-ERR ectunnel: ` in the client's reply and what the WARN log line says.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{stage} {upstream}: {reason}")]
 pub struct DialError {
     pub stage: Stage,

@@ -171,6 +171,12 @@ impl Pool {
         }
     }
 
+    /// Whether `e` is the outage the pool has logged (once, at WARN): a client refused with it
+    /// is logged at DEBUG, so that an outage under many clients is one WARN, not one per client.
+    pub fn outage_logged(&self, e: &DialError) -> bool {
+        lock(&self.inner.failing).as_ref() == Some(e)
+    }
+
     /// A ready session: an idle one (no handshake on the client's path) or, when none is idle,
     /// a fresh dial. While the upstream is known to be failing, the last error at once. With
     /// `max_sessions` open, it waits up to `connect_timeout` for one to be freed or to come
