@@ -101,49 +101,35 @@ async fn read_replies<S: AsyncRead + Unpin>(
 
 /// SET, GET and INCR one at a time, on shared sessions.
 pub async fn shared(env: Env, cid: String) -> Ledger {
-    let mut l = Ledger::new(cid);
-    let keys: Vec<usize> = (0..64).map(|i| l.key(0, &format!("k{i}"), 100)).collect();
-    let c = l.counter(0, "n");
-    let mut i = 0;
-    while let Some(mut conn) = env.connect(env.shared).await {
-        let result = async {
-            while env.running() {
-                let k = keys[i % keys.len()];
-                i += 1;
-                let r = l.set(k);
-                exchange(&mut conn, &mut l, vec![r], &env.stats).await?;
-                let r = l.get(k);
-                exchange(&mut conn, &mut l, vec![r], &env.stats).await?;
-                let r = l.incr(c);
-                exchange(&mut conn, &mut l, vec![r], &env.stats).await?;
-            }
-            Ok(())
-        }
-        .await;
-        match result {
-            Ok(()) => break,
-            Err(e) => env.failed(e).await,
-        }
-    }
-    l
+    set_get_incr(env, cid, 100, 1).await
 }
 
 /// 99 requests per write (SET, GET, INCR over 64 keys), on shared sessions.
 pub async fn pipeline(env: Env, cid: String) -> Ledger {
+    set_get_incr(env, cid, 32, 99).await
+}
+
+/// SET, GET and INCR in turn over 64 keys of `value_len` bytes and one counter, on shared
+/// sessions, `depth` requests per write.
+async fn set_get_incr(env: Env, cid: String, value_len: usize, depth: usize) -> Ledger {
     let mut l = Ledger::new(cid);
-    let keys: Vec<usize> = (0..64).map(|i| l.key(0, &format!("k{i}"), 32)).collect();
+    let keys: Vec<usize> = (0..64)
+        .map(|i| l.key(0, &format!("k{i}"), value_len))
+        .collect();
     let c = l.counter(0, "n");
-    let mut i = 0;
+    let mut n = 0usize;
     while let Some(mut conn) = env.connect(env.shared).await {
         let result = async {
             while env.running() {
-                let mut batch = Vec::with_capacity(99);
-                for _ in 0..33 {
-                    let k = keys[i % keys.len()];
-                    i += 1;
-                    batch.push(l.set(k));
-                    batch.push(l.get(k));
-                    batch.push(l.incr(c));
+                let mut batch = Vec::with_capacity(depth);
+                while batch.len() < depth {
+                    let k = keys[(n / 3) % keys.len()];
+                    batch.push(match n % 3 {
+                        0 => l.set(k),
+                        1 => l.get(k),
+                        _ => l.incr(c),
+                    });
+                    n += 1;
                 }
                 exchange(&mut conn, &mut l, batch, &env.stats).await?;
             }
