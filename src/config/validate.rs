@@ -165,9 +165,13 @@ fn line_at(text: &str, offset: usize) -> Option<(&str, usize)> {
 /// The value on the `key = value` line holding `offset`, as written: a quoted string up to
 /// its closing quote, anything else up to a comment.
 fn value_at(text: &str, offset: usize) -> String {
-    let Some((_, value)) = line_at(text, offset).and_then(|(l, _)| l.split_once('=')) else {
+    let Some((key, value)) = line_at(text, offset).and_then(|(l, _)| l.split_once('=')) else {
         return String::new();
     };
+    // Only after a plain key: before `max_clients[apassword = "…"` the value is not the key's.
+    if key_name(key.trim()) != key.trim() {
+        return String::new();
+    }
     let value = value.trim();
     let end = match value.chars().next() {
         Some(q @ ('"' | '\'')) => value[1..].find(q).map_or(value.len(), |i| i + 2),
@@ -1326,6 +1330,7 @@ mod tests {
             format!("[auth]password = \"{S}\"\n{MIN}"),
             format!("[tls]\nmin_version = 1.2 password = \"{S}\"\n{MIN}"),
             format!("{MIN}listen = 127.0.0.1:6379 password = \"{S}\"\n"),
+            format!("max_clients[apassword = \"{S}\"\n{MIN}"),
         ];
         for text in cases {
             let e = err(&text);
