@@ -66,12 +66,42 @@ impl Source<'_> {
             .map(|text| (key_at(text, span.start), value_at(text, span.start)))
             .unwrap_or_default();
         let message = kind_hint(&key, &value).unwrap_or_else(|| without_literal(e.message()));
+        let scrub = |s: String| match self.text {
+            Some(text) => without_secrets(s, text),
+            None => s,
+        };
         ConfigError::Invalid {
             origin: self.at(&span),
-            key,
-            message,
+            key: scrub(key),
+            message: scrub(message),
         }
     }
+}
+
+/// `s` with every `password = "…"` value written in `text` (8 characters or more) cut out:
+/// what a broken file holds around the error is read off its lines, and a file can repeat its
+/// secret where the loader names things (pasted as a table header, say).
+fn without_secrets(mut s: String, text: &str) -> String {
+    let mut rest = text;
+    while let Some(at) = rest.find("password") {
+        rest = &rest[at + "password".len()..];
+        let value = rest.trim_start_matches([' ', '\t']);
+        let Some(value) = value
+            .strip_prefix('=')
+            .map(|v| v.trim_start_matches([' ', '\t']))
+        else {
+            continue;
+        };
+        let Some(quoted) = value.strip_prefix(['"', '\'']) else {
+            continue;
+        };
+        let quoted = quoted.trim_start_matches(['"', '\'', '\n']);
+        let end = quoted.find(['"', '\'', '\n']).unwrap_or(quoted.len());
+        if end >= 8 {
+            s = s.replace(&quoted[..end], "…");
+        }
+    }
+    s
 }
 
 /// Keys that take a whole number, with an example value.
@@ -1331,6 +1361,8 @@ mod tests {
             format!("[tls]\nmin_version = 1.2 password = \"{S}\"\n{MIN}"),
             format!("{MIN}listen = 127.0.0.1:6379 password = \"{S}\"\n"),
             format!("max_clients[apassword = \"{S}\"\n{MIN}"),
+            // The secret pasted where the loader names things.
+            format!("[auth]\npassword = \"{S}\"\n[[listen{S}\"\n{MIN}"),
         ];
         for text in cases {
             let e = err(&text);
