@@ -340,12 +340,14 @@ async fn maintain(pool: Pool) {
         && !inner.reached.load(Ordering::Relaxed)
         && !inner.stop.is_cancelled()
     {
+        let mut freed = std::pin::pin!(inner.admission.sessions.freed());
+        freed.as_mut().enable();
         match inner.admission.sessions.try_take(l.max_sessions) {
             Some(slot) => drop(dial_or_back_off(&pool, slot, &mut backoff).await),
             None => {
                 tokio::select! {
                     _ = inner.stop.cancelled() => {}
-                    _ = inner.admission.sessions.freed() => {}
+                    _ = freed => {}
                 }
             }
         }
@@ -362,7 +364,10 @@ async fn maintain(pool: Pool) {
         }
         let out = inner.lent.load(Ordering::Relaxed);
         let want = ready < l.pool.min_idle && ready + out < l.pool.max_idle.max(l.pool.min_idle);
-        // At max_sessions the pool does not grow; it waits below for a session to be freed.
+        // At max_sessions the pool does not grow; it waits below for a session to be freed
+        // (enabled first, so that one freed in between is not missed).
+        let mut freed = std::pin::pin!(inner.admission.sessions.freed());
+        freed.as_mut().enable();
         let slot = want
             .then(|| inner.admission.sessions.try_take(l.max_sessions))
             .flatten();
@@ -372,6 +377,9 @@ async fn maintain(pool: Pool) {
                 let mut idle = lock(&inner.idle);
                 if idle.len() < l.pool.min_idle {
                     idle.push(s);
+                    drop(idle);
+                    // A client waiting at max_sessions may have lost this slot to us.
+                    inner.admission.sessions.nudge();
                 }
             }
             continue;
@@ -381,7 +389,7 @@ async fn maintain(pool: Pool) {
             _ = inner.stop.cancelled() => continue,
             _ = inner.wake.notified() => {}
             _ = truth.changed() => {}
-            _ = inner.admission.sessions.freed(), if want => {}
+            _ = freed, if want => {}
             _ = tokio::time::sleep_until(wake_at.into()) => {}
         }
         if Instant::now() >= next_health {
@@ -464,6 +472,9 @@ async fn health_check(pool: &Pool) {
             let mut idle = lock(&inner.idle);
             if idle.len() < l.pool.max_idle {
                 idle.push(s);
+                drop(idle);
+                // A client waiting at max_sessions while this one was out.
+                inner.admission.sessions.nudge();
             }
         } else {
             tracing::debug!(listener = %l.name, peer = %s.at.peer, "idle session failed its PING; replaced");
