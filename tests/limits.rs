@@ -210,3 +210,41 @@ async fn out_of_file_descriptors_accepting_backs_off_and_recovers() {
     assert_eq!(warned, 1, "logged once:\n{}", bin.seen.join("\n"));
     assert_eq!(roundtrip(&mut first, &cmd(&["PING"])).await, "+PONG\r\n");
 }
+
+/// A reload that sets `client_idle_timeout` reaches the clients connected before it, on shared
+/// sessions and on sessions of their own.
+#[tokio::test]
+async fn a_reload_that_sets_client_idle_timeout_reaches_connected_clients() {
+    let pki = pki(&["localhost"]);
+    let redis = Redis::start(&pki, &[]);
+    let upstream = format!("localhost:{}", redis.port);
+    let t = Tunnel::start(&listener_toml(&upstream, &pki, "")).await;
+    let mut shared = connect(t.addr()).await;
+    assert_eq!(roundtrip(&mut shared, &cmd(&["PING"])).await, "+PONG\r\n");
+    let mut own = connect(t.addr()).await;
+    assert_eq!(roundtrip(&mut own, &cmd(&["MULTI"])).await, "+OK\r\n");
+    assert_eq!(roundtrip(&mut own, &cmd(&["EXEC"])).await, "*0\r\n");
+    let new = listener_toml(&upstream, &pki, "client_idle_timeout = \"300ms\"");
+    let new = ectunnel::Config::from_toml(&new, "reload.toml").unwrap();
+    t.reloader.reload(Ok(new)).await.unwrap();
+    assert_eq!(read_to_close(&mut shared).await.unwrap(), "");
+    assert_eq!(read_to_close(&mut own).await.unwrap(), "");
+}
+
+/// A client waiting for its session is not idle: with every dial slower than
+/// `client_idle_timeout`, its first request is still answered.
+#[tokio::test]
+async fn a_client_waiting_for_a_slow_dial_is_not_idle() {
+    let pki = pki(&["localhost"]);
+    let redis = Redis::start(&pki, &[]);
+    let relay = common::fault::Relay::start(redis.addr().parse().unwrap()).await;
+    // Each chunk either way 150 ms late: the handshake alone takes several times the timeout.
+    relay.set(common::fault::Mode::Delay(Duration::from_millis(150)));
+    let upstream = format!("localhost:{}", relay.addr.port());
+    let top = "client_idle_timeout = \"200ms\"\n[pool]\nmin_idle = 0\nmultiplex = 0\n";
+    let t = Tunnel::start(&listener_toml(&upstream, &pki, top)).await;
+    for _ in 0..3 {
+        let mut c = connect(t.addr()).await;
+        assert_eq!(roundtrip(&mut c, &cmd(&["PING"])).await, "+PONG\r\n");
+    }
+}

@@ -70,6 +70,8 @@ pub(super) async fn serve(
             return refuse(client, &e).await;
         }
     };
+    // The client waited for us, it was not idle: its request is sent below.
+    activity.touch();
     let upstream = up.at.peer;
     let result = match l.config.protocol {
         // Raw bytes say nothing of replies owed: idle means no byte either way.
@@ -81,7 +83,7 @@ pub(super) async fn serve(
                     after: After::Done,
                 })
             }
-            limit = activity.expired(|| false) => Ok(End::expired(limit)),
+            limit = activity.expired(&handle, || false) => Ok(End::expired(limit)),
         },
         Protocol::Resp => forward(&mut client, up, &handle, start, activity).await,
     };
@@ -280,7 +282,7 @@ async fn forward(
     let busy = || !link.idle() || link.held.load(Ordering::Relaxed);
     let ((to_up, up_wr), (to_client, end, up_rd)) = tokio::select! {
         r = both => r?,
-        limit = activity.expired(busy) => return Ok(End::expired(limit)),
+        limit = activity.expired(handle, busy) => return Ok(End::expired(limit)),
     };
     let after = match end {
         ReplyEnd::Eof => After::Done,

@@ -79,7 +79,7 @@ pub async fn serve(
     let owed = || link.asked.load(Ordering::Relaxed) > sink.received() || sink.queued() > 0;
     let (input, out) = tokio::select! {
         both = async { tokio::join!(input.run(rd), out) } => both,
-        limit = activity.expired(owed) => return Ok(Next::Expired(limit)),
+        limit = activity.expired(handle, owed) => return Ok(Next::Expired(limit)),
     };
     match out {
         Out::Cut(why) => {
@@ -332,6 +332,7 @@ impl<'a> Input<'a> {
     /// one. With `last`, nothing may follow it on that session. An upstream failure answers each
     /// of its requests with `-ERR ectunnel: …`, in order.
     async fn send(&mut self, mut bytes: Bytes, replies: u32, version: RespVersion, last: bool) {
+        self.owed_from_now(replies);
         loop {
             if let Err(e) = self.session_for(version).await {
                 tracing::debug!(listener = %self.listener.config.name, "no shared session: {e}");
@@ -349,6 +350,7 @@ impl<'a> Input<'a> {
     /// Sends `HELLO <version>` to a session of that protocol, from which the client's requests
     /// go on. False when no such session can be had (nothing was sent).
     async fn switch(&mut self, mut cmd: Bytes, version: RespVersion) -> bool {
+        self.owed_from_now(1);
         loop {
             if self.session_for(version).await.is_err() {
                 return false;
@@ -404,6 +406,13 @@ impl<'a> Input<'a> {
             .shared_requests
             .inc_by(u64::from(replies));
         Ok(())
+    }
+
+    /// Counts `replies` as owed before a session is had for them: a client waiting for a
+    /// dial is not idle (the count is set again when they are sent or refused).
+    fn owed_from_now(&self, replies: u32) {
+        let owed = self.sent + u64::from(replies);
+        self.link.asked.store(owed, Ordering::Relaxed);
     }
 
     fn asked(&mut self, replies: u32) {
