@@ -8,11 +8,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 
-/// A listener's open clients and upstream sessions.
+/// A listener's open clients and upstream sessions, and the clients being refused.
 #[derive(Default)]
 pub struct Admission {
     pub clients: Counted,
     pub sessions: Counted,
+    pub refusing: Counted,
 }
 
 /// Things open now; a [`Slot`] is one of them until it is dropped.

@@ -50,6 +50,11 @@ pub const MAX_REPLAY: usize = 64;
 /// last reply is not destroyed by a reset when the client writes after it.
 pub const LINGER: Duration = Duration::from_secs(5);
 
+/// Clients refused past `max_clients` that are told so gracefully (the reply written, then
+/// [`LINGER`]) at once, per listener; past it a refusal is one write attempt and a close, so a
+/// flood at the limit holds no more descriptors than this beyond `max_clients`.
+pub const MAX_REFUSING: usize = 64;
+
 // ---- A client on shared sessions ---------------------------------------------------------------
 
 /// Requests one client may have sent on a shared session and not had answered. A count as well as

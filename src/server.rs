@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::admission::{Admission, Slot};
 use crate::client;
 use crate::config::{ClientAuth, Config, ListenerConfig};
-use crate::limits::{ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN};
+use crate::limits::{ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN, MAX_REFUSING};
 use crate::listener::{Handle, Listener};
 use crate::ops::admin::{self, AdminState};
 use crate::ops::metrics::{Limit, Metrics};
@@ -420,7 +420,15 @@ async fn accept_loop(
                 let Some(slot) = l.admission.clients.try_take(l.config.max_clients) else {
                     l.metrics.limit_hit(Limit::MaxClients);
                     tracing::debug!(listener = %name, client = %peer, max_clients = l.config.max_clients, "client refused: max_clients reached");
-                    sessions.spawn(client::refuse_line(client, MAX_CLIENTS_REPLY));
+                    match l.admission.refusing.try_take(MAX_REFUSING) {
+                        Some(r) => {
+                            sessions.spawn(refuse(client, r, end_sessions.clone()));
+                        }
+                        // A flood: told if its socket takes the line now, closed at once.
+                        None => {
+                            let _ = client.try_write(MAX_CLIENTS_REPLY.as_bytes());
+                        }
+                    }
                     continue;
                 };
                 tracing::debug!(listener = %name, client = %peer, "client connected");
@@ -453,6 +461,15 @@ async fn accept_loop(
 
 /// What Redis answers a client past `maxclients`, before closing it.
 const MAX_CLIENTS_REPLY: &str = "-ERR ectunnel: max number of clients reached\r\n";
+
+/// A client past `max_clients`, told so as Redis tells it; counted in [`MAX_REFUSING`], and cut
+/// short at the end of the shutdown grace like any client.
+async fn refuse(client: tokio::net::TcpStream, _refusing: Slot, end: CancellationToken) {
+    tokio::select! {
+        _ = client::refuse_line(client, MAX_CLIENTS_REPLY) => {}
+        _ = end.cancelled() => {}
+    }
+}
 
 /// One admitted client, counted in its listener's `max_clients` while it is served.
 async fn serve(

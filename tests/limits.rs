@@ -248,3 +248,32 @@ async fn a_client_waiting_for_a_slow_dial_is_not_idle() {
         assert_eq!(roundtrip(&mut c, &cmd(&["PING"])).await, "+PONG\r\n");
     }
 }
+
+/// A flood past `max_clients` holds a bounded number of descriptors: every client is told, but
+/// only the first 64 refusals at a time linger (limits::MAX_REFUSING); the rest are closed at
+/// once.
+#[tokio::test]
+async fn a_flood_past_max_clients_holds_few_descriptors() {
+    let pki = pki(&["localhost"]);
+    let redis = Redis::start(&pki, &[]);
+    let config = pki.dir.path().join("t.toml");
+    let upstream = format!("localhost:{}", redis.port);
+    std::fs::write(&config, listener_toml(&upstream, &pki, "max_clients = 1")).unwrap();
+    let mut bin = Bin::spawn(&["-c", &path_str(&config)], &[]);
+    let addr = bin.listen_addr();
+    let mut first = connect(addr).await;
+    assert_eq!(roundtrip(&mut first, &cmd(&["PING"])).await, "+PONG\r\n");
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", bin.pid)).unwrap().count();
+    let before = fds();
+    // Kept open, so a lingering refusal holds its descriptor for its whole LINGER (5 s).
+    let mut flood = Vec::new();
+    for _ in 0..200 {
+        let mut c = connect(addr).await;
+        let said = read_to_close(&mut c).await.unwrap();
+        assert_eq!(said, "-ERR ectunnel: max number of clients reached\r\n");
+        flood.push(c);
+    }
+    let held = fds().saturating_sub(before);
+    assert!(held <= 64 + 4, "{held} descriptors held for 200 refused clients");
+    assert_eq!(roundtrip(&mut first, &cmd(&["PING"])).await, "+PONG\r\n");
+}
