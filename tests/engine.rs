@@ -78,8 +78,11 @@ fn a_reply_to_the_tunnels_auth_that_is_not_resp_ends_the_session_however_it_arri
         );
         seen.push(client);
     }
-    // The client gets its RESET's reply and nothing of the malformed one, wherever it was cut.
-    assert!(seen.iter().all(|c| c == b"+RESET\r\n"), "{seen:?}");
+    // The client gets its RESET's reply and nothing of the malformed one, wherever it was
+    // cut, then the tunnel's error in place of its GET's reply.
+    let want: &[u8] =
+        b"+RESET\r\n-ERR ectunnel: the server's reply to a command the tunnel sent is not RESP\r\n";
+    assert!(seen.iter().all(|c| c == want), "{seen:?}");
 }
 
 #[test]

@@ -217,13 +217,13 @@ impl Requests {
         self.synced && !self.streaming && self.held == 0
     }
 
-    /// The client already gave the tunnel's password (on a shared session, before it needed
-    /// one of its own).
     /// The client gave the `client_auth` password (`require`).
     pub fn is_authed(&self) -> bool {
         self.authed
     }
 
+    /// The client already gave the tunnel's password (on a shared session, before it needed
+    /// one of its own).
     pub fn set_authed(&mut self) {
         self.authed = true;
     }
@@ -613,6 +613,10 @@ enum Owner {
     Anyone,
 }
 
+/// Why a session ends when the server answers the tunnel's own command with bytes that are
+/// not RESP; the client gets it as its next reply, and the log at WARN.
+const NOT_RESP: &str = "the server's reply to a command the tunnel sent is not RESP";
+
 /// What the reply side reports besides its writes.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ReplyProgress {
@@ -727,6 +731,9 @@ impl Replies {
                 Err(_) if owner == Owner::Swallow => {
                     self.mode = Mode::Raw;
                     progress.close = true;
+                    progress.injected_errors.push(NOT_RESP.to_owned());
+                    let line = format!("-ERR ectunnel: {NOT_RESP}\r\n");
+                    ops.push(Op::Bytes(Bytes::from(line)));
                     return progress;
                 }
                 Err(_) => {
