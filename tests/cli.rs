@@ -56,7 +56,7 @@ fn a_missing_password_variable_is_named() {
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains(&format!(
-            "{file}:2: auth.password_env: environment variable ECTUNNEL_CLI_TEST_UNSET is not set"
+            "{file}:2: auth.password_env: the environment variable it names is not set (its name is not repeated: it may be the token)"
         )),
         "{err}"
     );

@@ -165,7 +165,7 @@ fn kind_hint(key: &str, value: &str) -> Option<String> {
     if quoted {
         return None;
     }
-    let suggested = if leaf == "password" {
+    let suggested = if leaf.starts_with("password") {
         // Never echo a secret, even a misquoted one.
         "...".to_owned()
     } else if DURATION_KEYS.contains(&leaf) && value.bytes().all(|b| b.is_ascii_digit()) {
@@ -518,8 +518,16 @@ fn caps(
         "",
         DEFAULT_MAX_CLIENTS,
     )?;
-    let min_sessions = pool.min_idle.max(1);
-    let why = if pool.min_idle > 1 {
+    // Room for the warm sessions, and for one client's own session beside the shared ones.
+    let shared = if pool.multiplex > 0 {
+        pool.multiplex + 1
+    } else {
+        0
+    };
+    let min_sessions = pool.min_idle.max(shared).max(1);
+    let why = if min_sessions == shared {
+        " (the pool's multiplex shared sessions, and one more for a client's own)"
+    } else if min_sessions > 1 {
         " (the pool's min_idle)"
     } else {
         ""
@@ -912,7 +920,7 @@ fn credentials(
                 return Err(src.invalid(
                     &var.span(),
                     &key,
-                    format!("environment variable {name} is empty"),
+                    "the environment variable it names is empty (its name is not repeated: it may be the token)",
                 ));
             }
             Ok(v) => Zeroizing::new(v),
@@ -920,14 +928,14 @@ fn credentials(
                 return Err(src.invalid(
                     &var.span(),
                     &key,
-                    format!("environment variable {name} is not set"),
+                    "the environment variable it names is not set (its name is not repeated: it may be the token)",
                 ));
             }
             Err(std::env::VarError::NotUnicode(_)) => {
                 return Err(src.invalid(
                     &var.span(),
                     &key,
-                    format!("environment variable {name} is not valid UTF-8"),
+                    "the environment variable it names is not valid UTF-8 (its name is not repeated: it may be the token)",
                 ));
             }
         }
@@ -935,17 +943,18 @@ fn credentials(
         let path = &src.path(file.get_ref());
         let key = format!("{table}.password_file");
         let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-            let written = file.get_ref().to_string_lossy();
-            let message = if e.kind() == std::io::ErrorKind::NotFound && !written.contains('/') {
-                // A password typed where its file belongs would be echoed: the line and key
-                // say which value, the message says where it was looked for.
-                let place = match src.dir {
-                    Some(_) => "the config file's directory",
-                    None => "the working directory",
-                };
-                format!("no such file in {place} (the value is not repeated here)")
-            } else {
+            let message = if path.symlink_metadata().is_ok() {
+                // It is there, so the value is a path, not a token.
                 format!("cannot read password file {}: {e}", path.display())
+            } else {
+                // Nothing there: a password typed where its file belongs would be echoed. The
+                // line and key say which value, the message says where it was looked for.
+                let place = match src.dir {
+                    _ if file.get_ref().is_absolute() => "",
+                    Some(_) => " in the config file's directory",
+                    None => " in the working directory",
+                };
+                format!("no such file{place} (the value is not repeated here)")
             };
             src.invalid(&file.span(), &key, message)
         })?);
@@ -1080,15 +1089,26 @@ mod tests {
         ));
         assert_eq!(
             e,
-            "t.toml:2: auth.password_env: environment variable ECTUNNEL_TEST_SURELY_UNSET is not set"
+            "t.toml:2: auth.password_env: the environment variable it names is not set (its name is not repeated: it may be the token)"
         );
         let e = err(&format!(
             "{MIN}[listener.auth]\npassword_file = \"/nonexistent/tok\"\n"
         ));
+        assert_eq!(
+            e,
+            "t.toml:5: listener.auth.password_file: no such file (the value is not repeated here)"
+        );
+        // A file that is there but cannot be read is named.
+        let dir = tempfile::tempdir().unwrap();
+        let e = err(&format!(
+            "{MIN}[listener.auth]\npassword_file = \"{}\"\n",
+            dir.path().display()
+        ));
         assert!(
-            e.starts_with(
-                "t.toml:5: listener.auth.password_file: cannot read password file /nonexistent/tok"
-            ),
+            e.starts_with(&format!(
+                "t.toml:5: listener.auth.password_file: cannot read password file {}:",
+                dir.path().display()
+            )),
             "{e}"
         );
     }
@@ -1270,6 +1290,11 @@ mod tests {
             e,
             "t.toml:4: listener.max_sessions: must be at least 4 (the pool's min_idle)"
         );
+        let e = err(&format!("{MIN}max_sessions = 2\n"));
+        assert_eq!(
+            e,
+            "t.toml:4: listener.max_sessions: must be at least 3 (the pool's multiplex shared sessions, and one more for a client's own)"
+        );
     }
 
     #[test]
@@ -1361,6 +1386,11 @@ mod tests {
             format!("[tls]\nmin_version = 1.2 password = \"{S}\"\n{MIN}"),
             format!("{MIN}listen = 127.0.0.1:6379 password = \"{S}\"\n"),
             format!("max_clients[apassword = \"{S}\"\n{MIN}"),
+            // A token that looks like a variable's name, or is not quoted, or has a `/`.
+            format!("[auth]\npassword_env = \"{S}\"\n{MIN}"),
+            format!("[auth]\npassword_env = {S}\n{MIN}"),
+            format!("[auth]\npassword_file = {S}\n{MIN}"),
+            format!("[auth]\npassword_file = \"/{S}\"\n{MIN}"),
             // The secret pasted where the loader names things.
             format!("[auth]\npassword = \"{S}\"\n[[listen{S}\"\n{MIN}"),
         ];
