@@ -238,6 +238,8 @@ fn execute(config: Config, file: Option<PathBuf>, check: Option<bool>) -> anyhow
         // its default action would end the process.
         let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("cannot install the SIGHUP handler")?;
+        let stop = crate::shutdown::Signals::install()
+            .context("cannot install the SIGINT and SIGTERM handlers")?;
         let server = Server::bind(config).await?;
         tokio::spawn(reload_on_demand(file, secrets, server.reloader(), hup));
         notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
@@ -252,7 +254,7 @@ fn execute(config: Config, file: Option<PathBuf>, check: Option<bool>) -> anyhow
         }
         server
             .run(async {
-                crate::shutdown::signal().await;
+                stop.recv().await;
                 notify(&[NotifyState::Stopping]);
             })
             .await;

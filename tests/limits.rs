@@ -263,7 +263,11 @@ async fn a_flood_past_max_clients_holds_few_descriptors() {
     let addr = bin.listen_addr();
     let mut first = connect(addr).await;
     assert_eq!(roundtrip(&mut first, &cmd(&["PING"])).await, "+PONG\r\n");
-    let fds = || std::fs::read_dir(format!("/proc/{}/fd", bin.pid)).unwrap().count();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", bin.pid))
+            .unwrap()
+            .count()
+    };
     let before = fds();
     // Kept open, so a lingering refusal holds its descriptor for its whole LINGER (5 s).
     let mut flood = Vec::new();
@@ -274,6 +278,9 @@ async fn a_flood_past_max_clients_holds_few_descriptors() {
         flood.push(c);
     }
     let held = fds().saturating_sub(before);
-    assert!(held <= 64 + 4, "{held} descriptors held for 200 refused clients");
+    assert!(
+        held <= 64 + 4,
+        "{held} descriptors held for 200 refused clients"
+    );
     assert_eq!(roundtrip(&mut first, &cmd(&["PING"])).await, "+PONG\r\n");
 }
