@@ -98,11 +98,12 @@ fetch_redis_suite() {
     ensure_suite_tools
     # The index may already hold the version; refresh (and add deb-src) only when it does not.
     local versions
-    versions=$(apt-cache showsrc "$pkg" 2>/dev/null | awk '/^Version:/ { print $2 }')
+    # apt-cache exits 100 while there is no deb-src entry at all: an empty list, not an error.
+    versions=$({ apt-cache showsrc "$pkg" 2>/dev/null || true; } | awk '/^Version:/ { print $2 }')
     if ! grep -qxF "$ver" <<<"$versions"; then
         ensure_deb_src || true
         as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-        versions=$(apt-cache showsrc "$pkg" 2>/dev/null | awk '/^Version:/ { print $2 }')
+        versions=$({ apt-cache showsrc "$pkg" 2>/dev/null || true; } | awk '/^Version:/ { print $2 }')
     fi
     local pick=$ver
     if ! grep -qxF "$ver" <<<"$versions"; then
