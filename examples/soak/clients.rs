@@ -154,10 +154,7 @@ pub async fn per_request(env: Env, cid: String) -> Ledger {
         let k = keys[i % keys.len()];
         i += 1;
         let result = async {
-            let r = l.set(k);
-            exchange(&mut conn, &mut l, vec![r], &env.stats).await?;
-            let r = l.get(k);
-            exchange(&mut conn, &mut l, vec![r], &env.stats).await?;
+            set_then_get(&mut conn, &mut l, k, &env.stats).await?;
             if i % 2 == 0 {
                 let r = l.incr(c);
                 exchange(&mut conn, &mut l, vec![r], &env.stats).await?;
@@ -185,10 +182,7 @@ pub async fn own(env: Env, cid: String, addr: SocketAddr) -> Ledger {
     let c = l.counter(2, "n");
     while let Some(mut conn) = env.connect(addr).await {
         let result = async {
-            let r = l.set(k0);
-            exchange(&mut conn, &mut l, vec![r], &env.stats).await?;
-            let r = l.get(k0);
-            exchange(&mut conn, &mut l, vec![r], &env.stats).await?;
+            set_then_get(&mut conn, &mut l, k0, &env.stats).await?;
             let select = (resp::command(&["SELECT", "2"]), Op::Status("OK"));
             exchange(&mut conn, &mut l, vec![select], &env.stats).await?;
             for _ in 0..100 {
@@ -208,6 +202,19 @@ pub async fn own(env: Env, cid: String, addr: SocketAddr) -> Ledger {
         }
     }
     l
+}
+
+/// A SET of key `k`, then a GET of it, one at a time.
+async fn set_then_get<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    l: &mut Ledger,
+    k: usize,
+    stats: &Stats,
+) -> io::Result<()> {
+    let r = l.set(k);
+    exchange(conn, l, vec![r], stats).await?;
+    let r = l.get(k);
+    exchange(conn, l, vec![r], stats).await
 }
 
 async fn transaction(
