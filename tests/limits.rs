@@ -19,6 +19,27 @@ async fn tunnel(top: &str, own: &str) -> (Pki, Redis, Tunnel) {
     (pki, redis, Tunnel::start(&toml).await)
 }
 
+/// As [`tunnel`], but an `ectunnel` process of its own, whose descriptors and limits the test
+/// can read and set; with the address it listens on.
+fn process(top: &str, own: &str) -> (Pki, Redis, Bin, std::net::SocketAddr) {
+    let pki = pki(&["localhost"]);
+    let redis = Redis::start(&pki, &[]);
+    let config = pki.dir.path().join("t.toml");
+    let upstream = format!("localhost:{}", redis.port);
+    std::fs::write(&config, listener_toml(&upstream, &pki, top) + own).unwrap();
+    let mut bin = Bin::spawn(&["-c", &path_str(&config)], &[]);
+    let addr = bin.listen_addr();
+    (pki, redis, bin, addr)
+}
+
+/// The descriptors a process has open.
+fn open_fds(pid: u32) -> std::collections::BTreeSet<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
 fn hits(limit: &str) -> String {
     format!("ectunnel_limit_hits_total{{limit={limit},listener=primary}}")
 }
@@ -153,22 +174,13 @@ async fn a_client_that_does_not_authenticate_in_time_is_told_and_closed() {
 /// in a busy loop, and the clients waiting in the backlog are served once descriptors are free.
 #[tokio::test]
 async fn out_of_file_descriptors_accepting_backs_off_and_recovers() {
-    let pki = pki(&["localhost"]);
-    let redis = Redis::start(&pki, &[]);
-    let config = pki.dir.path().join("t.toml");
-    let upstream = format!("localhost:{}", redis.port);
     // One shared session for every client, nothing dialled in the background.
     let pool = "[listener.pool]\nmin_idle = 0\nmultiplex = 1\n";
-    std::fs::write(&config, listener_toml(&upstream, &pki, "") + pool).unwrap();
-    let mut bin = Bin::spawn(&["-c", &path_str(&config)], &[]);
-    let addr = bin.listen_addr();
+    let (_pki, _redis, mut bin, addr) = process("", pool);
     let mut first = connect(addr).await;
     assert_eq!(roundtrip(&mut first, &cmd(&["PING"])).await, "+PONG\r\n");
     // Room for one more descriptor: the lowest free number is the last one allowed.
-    let open: std::collections::BTreeSet<u64> = std::fs::read_dir(format!("/proc/{}/fd", bin.pid))
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
+    let open = open_fds(bin.pid);
     let lowest_free = (0..).find(|n| !open.contains(n)).unwrap();
     let pid = bin.pid.to_string();
     let soft_limit = |n: String| {
@@ -254,20 +266,10 @@ async fn a_client_waiting_for_a_slow_dial_is_not_idle() {
 /// once.
 #[tokio::test]
 async fn a_flood_past_max_clients_holds_few_descriptors() {
-    let pki = pki(&["localhost"]);
-    let redis = Redis::start(&pki, &[]);
-    let config = pki.dir.path().join("t.toml");
-    let upstream = format!("localhost:{}", redis.port);
-    std::fs::write(&config, listener_toml(&upstream, &pki, "max_clients = 1")).unwrap();
-    let mut bin = Bin::spawn(&["-c", &path_str(&config)], &[]);
-    let addr = bin.listen_addr();
+    let (_pki, _redis, bin, addr) = process("max_clients = 1", "");
     let mut first = connect(addr).await;
     assert_eq!(roundtrip(&mut first, &cmd(&["PING"])).await, "+PONG\r\n");
-    let fds = || {
-        std::fs::read_dir(format!("/proc/{}/fd", bin.pid))
-            .unwrap()
-            .count()
-    };
+    let fds = || open_fds(bin.pid).len();
     let before = fds();
     // Kept open, so a lingering refusal holds its descriptor for its whole LINGER (5 s).
     let mut flood = Vec::new();
