@@ -915,29 +915,18 @@ fn credentials(
                 "must name an environment variable (letters, digits, _), not hold the password (value not shown)",
             ));
         }
+        // Its name is not repeated: it may be the token typed in its place.
+        let unusable = |what: &str| {
+            let message = format!(
+                "the environment variable it names {what} (its name is not repeated: it may be the token)"
+            );
+            src.invalid(&var.span(), &key, message)
+        };
         match std::env::var(name) {
-            Ok(v) if v.is_empty() => {
-                return Err(src.invalid(
-                    &var.span(),
-                    &key,
-                    "the environment variable it names is empty (its name is not repeated: it may be the token)",
-                ));
-            }
+            Ok(v) if v.is_empty() => return Err(unusable("is empty")),
             Ok(v) => Zeroizing::new(v),
-            Err(std::env::VarError::NotPresent) => {
-                return Err(src.invalid(
-                    &var.span(),
-                    &key,
-                    "the environment variable it names is not set (its name is not repeated: it may be the token)",
-                ));
-            }
-            Err(std::env::VarError::NotUnicode(_)) => {
-                return Err(src.invalid(
-                    &var.span(),
-                    &key,
-                    "the environment variable it names is not valid UTF-8 (its name is not repeated: it may be the token)",
-                ));
-            }
+            Err(std::env::VarError::NotPresent) => return Err(unusable("is not set")),
+            Err(std::env::VarError::NotUnicode(_)) => return Err(unusable("is not valid UTF-8")),
         }
     } else if let Some(file) = &a.password_file {
         let path = &src.path(file.get_ref());
