@@ -18,6 +18,8 @@
 //! - [`client`]: one client: shared sessions, a session of its own (RESP engine or raw pipe).
 //! - [`proto`]: the streaming scanner, the session engine, what may be shared.
 //! - [`upstream`]: dial, the node authority, the pool, the shared sessions.
+//! - [`auth`]: IAM tokens ([`auth::iam`]) for dial's AUTH, signed with the AWS SDK, credentials
+//!   from its chain.
 //! - [`limits`]: every fixed limit with its reason; [`admission`]: clients and sessions open
 //!   against `max_clients` / `max_sessions`. [`net`]: socket options. [`tls`]: rustls.
 //! - [`ops`]: metrics, the admin endpoint, `ectunnel check`. [`tools`]: `convert-stunnel`,
@@ -26,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;

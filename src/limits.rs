@@ -127,3 +127,13 @@ pub const SECRET_POLL: Duration = Duration::from_secs(2);
 /// With `client_auth = "require"`, a client that has not given the password within this long is
 /// told so and closed: an open port cannot be held by connections that never authenticate.
 pub const AUTH_DEADLINE: Duration = Duration::from_secs(10);
+
+// ---- IAM tokens ---------------------------------------------------------------------------------
+
+/// How long ElastiCache and MemoryDB accept an IAM token after signing (`X-Amz-Expires`): the
+/// services refuse a token signed for longer, and 15 minutes is what they document.
+pub const IAM_TOKEN_LIFETIME: Duration = Duration::from_secs(900);
+
+/// Longest wait for the AWS credentials chain: it may ask STS, a container endpoint or IMDS over
+/// the network, and a dial waiting on a token must fail with a reason rather than hang.
+pub const CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(10);
