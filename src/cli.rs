@@ -52,6 +52,16 @@ enum Command {
         )]
         admin: String,
     },
+    /// Print an IAM auth token for ElastiCache or MemoryDB, signed with the AWS SDK's default
+    /// credentials (environment, profile, web identity, container or instance role).
+    ///
+    /// The token is what the tunnel sends as `AUTH <user> <token>`; it is valid for 15 minutes.
+    /// Only the token and a newline go to stdout. Exit 1 when no credentials could be had, 2 for
+    /// a usage error or no region.
+    IamToken {
+        #[command(flatten)]
+        args: crate::tools::iam_token::Args,
+    },
     /// Print an ectunnel config equivalent to an stunnel client configuration.
     ConvertStunnel {
         /// The stunnel configuration file, e.g. /etc/stunnel/redis-cli.conf, or - for standard input.
@@ -167,6 +177,7 @@ pub fn main() -> ExitCode {
         Some(Command::Run { source }) => (source, None),
         Some(Command::Check { source, connect }) => (source, Some(connect)),
         Some(Command::Health { admin }) => return health(&admin),
+        Some(Command::IamToken { args }) => return crate::tools::iam_token::run(&args),
         Some(Command::ConvertStunnel { file }) => return convert_stunnel(&file, log_format),
         Some(Command::Completions { shell }) => {
             return crate::tools::docs::completions(

@@ -23,7 +23,7 @@
 //! - [`limits`]: every fixed limit with its reason; [`admission`]: clients and sessions open
 //!   against `max_clients` / `max_sessions`. [`net`]: socket options. [`tls`]: rustls.
 //! - [`ops`]: metrics, the admin endpoint, `ectunnel check`. [`tools`]: `convert-stunnel`,
-//!   `completions`, `man`.
+//!   `completions`, `man`, `iam-token`.
 //! - [`shutdown`]: the SIGINT/SIGTERM future.
 #![forbid(unsafe_code)]
 
