@@ -3,8 +3,8 @@
 //! The crypto provider is aws-lc-rs, chosen on purpose: it is rustls' default and best-maintained
 //! backend, it has a FIPS-validated build (ElastiCache users in regulated accounts ask for FIPS;
 //! stunnel's recipe even carries `fips = no`), it offers the post-quantum hybrid key exchange
-//! X25519MLKEM768 first, and its AES-GCM is the faster of the two backends on x86_64, which
-//! matters on the forwarding path. `ring` would build faster but buys nothing at run time.
+//! X25519MLKEM768, and its AES-GCM is the faster of the two backends on x86_64, which matters on
+//! the forwarding path. `ring` would build faster but buys nothing at run time.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -70,9 +70,21 @@ impl TlsError {
     }
 }
 
-/// The provider every connection uses; see the module note for why aws-lc-rs.
+/// The provider every connection uses; see the module note for why aws-lc-rs. Its key-exchange
+/// groups are listed here rather than left to rustls' `prefer-post-quantum` feature, which any
+/// crate in the build may turn on (aws-config's HTTP client does): X25519 first, as measured in
+/// the README's tables (one key share per handshake), X25519MLKEM768 offered for a server that
+/// asks for it.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    use rustls::crypto::aws_lc_rs::kx_group;
+    let mut p = rustls::crypto::aws_lc_rs::default_provider();
+    p.kx_groups = vec![
+        kx_group::X25519,
+        kx_group::SECP256R1,
+        kx_group::SECP384R1,
+        kx_group::X25519MLKEM768,
+    ];
+    Arc::new(p)
 }
 
 /// Builds the client configuration once per listener. rustls keeps its session-resumption cache
