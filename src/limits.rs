@@ -137,3 +137,7 @@ pub const IAM_TOKEN_LIFETIME: Duration = Duration::from_secs(900);
 /// Longest wait for the AWS credentials chain: it may ask STS, a container endpoint or IMDS over
 /// the network, and a dial waiting on a token must fail with a reason rather than hang.
 pub const CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An IAM session due to authenticate again while no valid token is at hand looks again this
+/// often (the token's signer retries meanwhile; the server's cut is an hour away by default).
+pub const REAUTH_RETRY: Duration = Duration::from_secs(5);

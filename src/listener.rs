@@ -8,6 +8,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::Admission;
+use crate::auth::Auth;
 use crate::config::ListenerConfig;
 use crate::ops::metrics::ListenerMetrics;
 use crate::upstream::mux::Mux;
@@ -18,6 +19,8 @@ pub type Handle = watch::Receiver<Arc<Listener>>;
 
 pub struct Listener {
     pub config: Arc<ListenerConfig>,
+    /// What sessions present as AUTH: the password the server takes, or the current token.
+    pub auth: Auth,
     pub node: Node,
     pub pool: Pool,
     pub mux: Mux,
@@ -39,15 +42,18 @@ impl Listener {
         metrics.limits(config.max_clients, config.max_sessions, idle);
         let config = Arc::new(config);
         let stop = CancellationToken::new();
+        let auth = Auth::start(&config, metrics.clone(), stop.clone());
         let node = Node::start(
             config.clone(),
             resolver.clone(),
+            auth.clone(),
             metrics.clone(),
             stop.clone(),
         );
         let pool = Pool::start(
             config.clone(),
             resolver,
+            auth.clone(),
             node.clone(),
             metrics.clone(),
             admission.clone(),
@@ -56,6 +62,7 @@ impl Listener {
         let mux = Mux::new(config.pool.clone(), metrics.clone(), config.name.clone());
         Listener {
             config,
+            auth,
             node,
             pool,
             mux,

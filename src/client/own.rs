@@ -22,11 +22,11 @@ use tokio_util::sync::CancellationToken;
 use super::activity::Activity;
 use super::{expired, linger, raw, read_or_eof, refuse};
 use crate::config::Protocol;
-use crate::limits::{MAX_FIFO_ENTRIES, READ_BUF};
+use crate::limits::{MAX_FIFO_ENTRIES, READ_BUF, REAUTH_RETRY};
 use crate::listener::Handle;
 use crate::lock;
 use crate::ops::metrics::{Limit, ListenerMetrics};
-use crate::proto::engine::{Entry, Fifo, Op, Replies, Requests};
+use crate::proto::engine::{Entry, Fifo, Op, Reauth, Replies, Requests};
 use crate::upstream::Truth;
 use crate::upstream::conn::{At, Conn};
 
@@ -177,6 +177,9 @@ struct Link {
     ended: CancellationToken,
     /// The client subscribed or ran MONITOR: never idle from then on.
     held: AtomicBool,
+    /// The session must authenticate again and cannot (it is opaque): the reply side tells the
+    /// client why and ends it at the next frame boundary.
+    reauth_cut: AtomicBool,
 }
 
 struct LinkState {
@@ -187,22 +190,26 @@ struct LinkState {
     reply_synced: bool,
     /// [`Replies::lost`]: when it changes, the request side stops injecting too.
     reply_lost: u64,
+    /// When the session last authenticated (or sent its re-AUTH).
+    authed: Instant,
 }
 
 impl Link {
-    fn new() -> Link {
+    fn new(authed: Instant) -> Link {
         Link {
             state: Mutex::new(LinkState {
                 fifo: Fifo::default(),
                 reply_boundary: true,
                 reply_synced: true,
                 reply_lost: 0,
+                authed,
             }),
             room: Notify::new(),
             wake: Notify::new(),
             left_clean: AtomicBool::new(false),
             ended: CancellationToken::new(),
             held: AtomicBool::new(false),
+            reauth_cut: AtomicBool::new(false),
         }
     }
 
@@ -252,6 +259,7 @@ async fn forward(
         at,
         leftover,
         created,
+        authed: up_authed,
         open,
     } = up;
     let Start {
@@ -260,7 +268,7 @@ async fn forward(
         authed,
         replay,
     } = start;
-    let link = Link::new();
+    let link = Link::new(up_authed);
     let (client_rd, client_wr) = client.split();
     let (up_rd, up_wr) = tokio::io::split(stream);
     let requests = RequestStart {
@@ -292,6 +300,7 @@ async fn forward(
             at,
             leftover: BytesMut::new(),
             created,
+            authed: lock(&link.state).authed,
             open,
         })),
     };
@@ -335,7 +344,13 @@ async fn send_requests(
         let l = handle.borrow_and_update();
         (l.config.clone(), l.metrics.clone())
     };
-    let mut requests = Requests::new(l.client_auth.clone(), l.auth.clone());
+    let mut auth = handle.borrow().auth.clone();
+    // Set from `auth` at the first turn of the loop, before any client byte is read.
+    let mut seen = u64::MAX;
+    let mut requests = Requests::new(l.client_auth.clone(), None);
+    let mut due = auth
+        .reauth_after()
+        .map(|every| lock(&link.state).authed + every);
     if start.authed {
         requests.set_authed();
     }
@@ -354,16 +369,17 @@ async fn send_requests(
         if !link.room().await {
             return Ok((total, up));
         }
-        if handle.has_changed().unwrap_or(false) {
-            // A reload: a RESET from now on is followed by the new credentials.
-            requests.set_inject(handle.borrow_and_update().config.auth.clone());
-        }
         let n = if std::mem::take(&mut unread) {
             buf.len()
         } else {
             tokio::select! {
                 r = client.read_buf(&mut buf) => r?,
                 _ = link.ended.cancelled() => return Ok((total, up)),
+                () = sleep_until_some(due) => {
+                    due = None;
+                    total += reauth(link, &mut requests, &mut up, &auth, &mut due, &m).await?;
+                    continue;
+                }
             }
         };
         if n == 0 {
@@ -376,6 +392,17 @@ async fn send_requests(
             lost = now_lost;
             requests.set_unsynced();
         }
+        if handle.has_changed().unwrap_or(false) {
+            // A reload: a RESET from now on is followed by the new credentials.
+            auth = handle.borrow_and_update().auth.clone();
+            seen = u64::MAX;
+        }
+        if auth.version() != seen {
+            // A refreshed token, or the other password of a rotation: what a RESET in this
+            // read is followed by.
+            seen = auth.version();
+            requests.set_inject(auth.all());
+        }
         let progress = requests.process(&buf, &mut ops, &mut entries);
         activity.authed(requests.is_authed());
         if !requests.is_synced() || entries.contains(&Entry::Subscribe3) {
@@ -384,6 +411,13 @@ async fn send_requests(
         link.push(&mut entries);
         total += write_ops(&mut up, &buf, &mut ops, &m.to_upstream).await?;
         buf.advance(progress.consumed);
+        if due.is_none()
+            && let Some(every) = auth.reauth_after()
+            && lock(&link.state).authed.elapsed() >= every
+        {
+            // A re-AUTH that had to wait (a MULTI was open) goes in after this request.
+            total += reauth(link, &mut requests, &mut up, &auth, &mut due, &m).await?;
+        }
         if progress.stop {
             // Nothing more is read from this client. The server answers what it got and,
             // seeing EOF (even mid-frame), closes; the error is sent after those replies.
@@ -403,6 +437,51 @@ async fn send_requests(
     }
     Ok((total, up))
 }
+
+/// Authenticates the session again (IAM, before the server's cut) if it can now; sets `due`
+/// to when to look again. An opaque session cannot: the reply side ends it, telling the client.
+async fn reauth(
+    link: &Link,
+    requests: &mut Requests,
+    up: &mut UpWrite,
+    auth: &crate::auth::Auth,
+    due: &mut Option<Instant>,
+    m: &ListenerMetrics,
+) -> io::Result<u64> {
+    let Some(every) = auth.reauth_after() else {
+        return Ok(0);
+    };
+    // The token now, not the one of the last read.
+    requests.set_inject(auth.all());
+    let (mut ops, mut entries) = (Vec::new(), Vec::new());
+    match requests.reauth(&mut ops, &mut entries) {
+        Reauth::Sent => {
+            lock(&link.state).authed = Instant::now();
+            *due = Some(Instant::now() + every);
+            link.push(&mut entries);
+            return write_ops(up, &[], &mut ops, &m.to_upstream).await;
+        }
+        // Looked at again after the client's next request.
+        Reauth::Later => {}
+        Reauth::NoCredentials => *due = Some(Instant::now() + REAUTH_RETRY),
+        Reauth::Opaque => {
+            link.reauth_cut.store(true, Ordering::Release);
+            link.wake.notify_one();
+        }
+    }
+    Ok(0)
+}
+
+/// Sleeps until `due`, or for ever without one.
+async fn sleep_until_some(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Why an opaque IAM session is ended before the server's cut.
+const REAUTH_CUT: &str = "an IAM-authenticated connection must authenticate again before the server's 12-hour cut, which a subscribed or MONITOR connection cannot do; reconnect";
 
 /// What the reply side is waiting for.
 enum Wait {
@@ -518,6 +597,11 @@ impl ReplySide<'_, '_> {
                 if self.link.left_clean.load(Ordering::Acquire) {
                     return Ok(Some(ReplyEnd::Clean));
                 }
+                if self.link.reauth_cut.load(Ordering::Acquire) && !self.draining {
+                    tracing::debug!(listener = %self.name, peer = %self.at.peer, "an opaque IAM session is due to authenticate again; closing at the next reply boundary");
+                    self.draining = true;
+                    return self.end_if_draining().await;
+                }
                 if !self.replies.at_boundary() {
                     return Ok(None);
                 }
@@ -551,8 +635,8 @@ impl ReplySide<'_, '_> {
             p
         };
         self.link.room.notify_one();
-        for e in &progress.injected_errors {
-            tracing::warn!(listener = %self.name, "the server refused a command the tunnel sent for the client (the re-AUTH after RESET, or a replayed one): {e}");
+        if !progress.injected_errors.is_empty() {
+            self.injected_errors(&progress.injected_errors);
         }
         let buf = std::mem::take(&mut self.buf);
         let written = self.write(&buf).await?;
@@ -571,7 +655,34 @@ impl ReplySide<'_, '_> {
             // changes and the session closes at its next boundary (see `wait`).
             self.handle.borrow().node.demoted(&self.at);
         }
-        Ok((self.draining && self.replies.at_boundary()).then_some(ReplyEnd::Tunnel))
+        self.end_if_draining().await
+    }
+
+    /// During a rotation one of the two `AUTH`s after a RESET is refused by design; anything
+    /// else the server refused of the tunnel's is news.
+    fn injected_errors(&self, errors: &[String]) {
+        let rotating = self.handle.borrow().auth.rotating();
+        for e in errors {
+            if rotating && e.starts_with("WRONGPASS") {
+                tracing::debug!(listener = %self.name, "the server refused one of the rotation's passwords after a RESET: {e}");
+            } else {
+                tracing::warn!(listener = %self.name, "the server refused a command the tunnel sent for the client (a re-AUTH, or a replayed one): {e}");
+            }
+        }
+    }
+
+    /// Ends a draining session once between replies, first telling a client whose session is
+    /// cut for want of a re-AUTH why.
+    async fn end_if_draining(&mut self) -> io::Result<Option<ReplyEnd>> {
+        if !self.draining || !self.replies.at_boundary() {
+            return Ok(None);
+        }
+        if self.link.reauth_cut.load(Ordering::Acquire) {
+            let line = format!("-ERR ectunnel: auth {}: {REAUTH_CUT}\r\n", self.at.peer);
+            self.ops.push(Op::Bytes(Bytes::from(line)));
+            self.write(&[]).await?;
+        }
+        Ok(Some(ReplyEnd::Tunnel))
     }
 
     async fn write(&mut self, buf: &[u8]) -> io::Result<u64> {

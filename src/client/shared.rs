@@ -199,7 +199,7 @@ impl<'a> Input<'a> {
     ) -> Input<'a> {
         let listener = handle.borrow().clone();
         let c = &listener.config;
-        let splitter = Splitter::new(c.client_auth.clone(), c.auth.clone());
+        let splitter = Splitter::new(c.client_auth.clone(), listener.auth.current());
         Input {
             handle: handle.clone(),
             listener,

@@ -4,6 +4,7 @@
 //! Every error names where it came from (`file:line`, or `command line`) and the key at fault,
 //! because the person reading it is editing that file right now.
 
+mod auth;
 mod raw;
 pub mod secret;
 mod validate;
@@ -18,6 +19,7 @@ use rustls::ClientConfig;
 
 use rustls_pki_types::ServerName;
 
+pub use auth::{DEFAULT_IAM_REAUTH, DEFAULT_IAM_REFRESH};
 pub use secret::Secret;
 
 use raw::*;
@@ -59,7 +61,7 @@ pub struct ListenerConfig {
     pub tls: Arc<ClientConfig>,
     pub insecure_skip_verify: bool,
     /// `None`: inject nothing, the client authenticates itself.
-    pub auth: Option<Credentials>,
+    pub auth: Option<UpstreamAuth>,
     pub connect_timeout: Duration,
     /// `tcp_keepalive` on client and upstream sockets; `None` turns it off.
     pub keepalive: Option<Duration>,
@@ -176,6 +178,66 @@ pub struct Credentials {
     pub file: Option<PathBuf>,
 }
 
+/// `[auth]`: what the tunnel presents upstream as `AUTH [username] <secret>`.
+#[derive(Debug, Clone)]
+pub struct UpstreamAuth {
+    pub username: Option<String>,
+    pub method: AuthMethod,
+}
+
+#[derive(Debug, Clone)]
+pub enum AuthMethod {
+    /// One password, or two live ones while a token is rotated, in the order given.
+    Passwords(Vec<Password>),
+    /// Tokens signed with the AWS credentials the tunnel finds (`[auth.iam]`).
+    Iam(IamAuth),
+}
+
+/// One password and where it came from, so the log can say which one the server took.
+#[derive(Debug, Clone)]
+pub struct Password {
+    pub secret: Secret,
+    /// The variable's name, the file (`line N of` it), or `password`.
+    pub source: String,
+    /// The `password_file` it was read from, watched for rotation.
+    pub file: Option<PathBuf>,
+}
+
+/// `[auth.iam]`.
+#[derive(Debug, Clone)]
+pub struct IamAuth {
+    /// Replication group id, serverless cache name or MemoryDB cluster name, lower-cased.
+    pub cache: String,
+    /// `None`: from the endpoint's name, else the AWS SDK's region chain.
+    pub region: Option<String>,
+    pub service: crate::auth::iam::Service,
+    pub serverless: bool,
+    /// How often a new token is signed.
+    pub refresh: Duration,
+    /// Age at which a session authenticates again with a fresh token.
+    pub reauth_after: Duration,
+    /// Where tokens come from: the AWS SDK's credentials chain, or a test's own.
+    pub source: Arc<dyn crate::auth::iam::TokenSource>,
+}
+
+impl UpstreamAuth {
+    /// The `password_file`s it reads.
+    pub fn files(&self) -> impl Iterator<Item = &PathBuf> {
+        let passwords = match &self.method {
+            AuthMethod::Passwords(p) => p.as_slice(),
+            AuthMethod::Iam(_) => &[],
+        };
+        passwords.iter().filter_map(|p| p.file.as_ref())
+    }
+
+    pub fn iam(&self) -> Option<&IamAuth> {
+        match &self.method {
+            AuthMethod::Iam(iam) => Some(iam),
+            AuthMethod::Passwords(_) => None,
+        }
+    }
+}
+
 /// `host:port` of an upstream, kept as a name so DNS is resolved at every connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamAddr {
@@ -269,9 +331,9 @@ impl Config {
                     ClientAuth::Require(c) => c.file.clone(),
                     _ => None,
                 };
-                [l.auth.as_ref().and_then(|a| a.file.clone()), client]
+                let upstream = l.auth.iter().flat_map(|a| a.files().cloned());
+                upstream.chain(client)
             })
-            .flatten()
             .collect();
         files.sort();
         files.dedup();
@@ -346,9 +408,10 @@ impl Config {
             auth: args.password_env.clone().map(|env| {
                 unspanned(RawAuth {
                     username: args.username.clone().map(unspanned),
-                    password_env: Some(unspanned(env)),
+                    password_env: Some(unspanned(RawNames::One(env))),
                     password_file: None,
                     password: None,
+                    iam: None,
                 })
             }),
             admin: Some(RawAdmin {

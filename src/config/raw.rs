@@ -79,9 +79,29 @@ pub(super) struct RawTls {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAuth {
     pub(super) username: Option<Spanned<String>>,
-    pub(super) password_env: Option<Spanned<String>>,
+    pub(super) password_env: Option<Spanned<RawNames>>,
     pub(super) password_file: Option<Spanned<PathBuf>>,
     pub(super) password: Option<Spanned<Zeroizing<String>>>,
+    pub(super) iam: Option<Spanned<RawIam>>,
+}
+
+/// `password_env`: one variable, or a list during a token rotation (tried in order).
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+pub(super) enum RawNames {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIam {
+    pub(super) cache: Spanned<String>,
+    pub(super) region: Option<Spanned<String>>,
+    pub(super) service: Option<Spanned<String>>,
+    pub(super) serverless: Option<bool>,
+    pub(super) refresh: Option<Spanned<HumanDuration<Duration>>>,
+    pub(super) reauth_after: Option<Spanned<HumanDuration<Duration>>>,
 }
 
 #[derive(Deserialize)]
@@ -115,9 +135,10 @@ mod reference {
 
     /// Every key path the config accepts, from the serde structs themselves.
     fn code_keys() -> BTreeSet<String> {
-        let tables: [(&str, &[&str]); 5] = [
+        let tables: [(&str, &[&str]); 6] = [
             ("tls", serde_introspect::<RawTls>()),
             ("auth", serde_introspect::<RawAuth>()),
+            ("auth.iam", serde_introspect::<RawIam>()),
             ("client_auth", serde_introspect::<RawClientAuth>()),
             ("pool", serde_introspect::<RawPool>()),
             ("admin", serde_introspect::<RawAdmin>()),
@@ -173,7 +194,15 @@ mod reference {
     #[test]
     fn every_value_key_has_a_kind_for_the_hints() {
         use super::super::validate::{BOOL_KEYS, DURATION_KEYS, NUMBER_KEYS, STRING_KEYS};
-        let tables = ["tls", "auth", "client_auth", "pool", "admin", "listener"];
+        let tables = [
+            "tls",
+            "auth",
+            "iam",
+            "client_auth",
+            "pool",
+            "admin",
+            "listener",
+        ];
         for key in code_keys() {
             let leaf = key.rsplit('.').next().unwrap_or(&key);
             let known = NUMBER_KEYS.iter().any(|(k, _)| *k == leaf)

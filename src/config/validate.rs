@@ -9,13 +9,13 @@ use std::time::Duration;
 use humantime_serde::Serde as HumanDuration;
 use rustls_pki_types::ServerName;
 use toml::Spanned;
-use zeroize::Zeroizing;
 
+use super::auth::{client_credentials, upstream_auth};
 use super::raw::*;
 use super::{
-    ClientAuth, Config, ConfigError, Credentials, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CLIENTS,
+    ClientAuth, Config, ConfigError, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CLIENTS,
     DEFAULT_MAX_SESSIONS, DEFAULT_SHUTDOWN_GRACE, DEFAULT_TCP_KEEPALIVE, ListenerConfig,
-    PoolConfig, Protocol, Role, Secret, Upstream, UpstreamAddr,
+    PoolConfig, Protocol, Role, Upstream, UpstreamAddr, UpstreamAuth,
 };
 use crate::limits::{MAX_MULTIPLEX, MAX_THREADS};
 use crate::tls::{self, MinVersion, TlsOptions};
@@ -34,7 +34,7 @@ impl Source<'_> {
     /// A path as the config wrote it, resolved against the file's directory: `ca_file =
     /// "ca.pem"` next to the config keeps working whatever directory systemd or a shell starts
     /// the tunnel in.
-    fn path(&self, written: &Path) -> PathBuf {
+    pub(super) fn path(&self, written: &Path) -> PathBuf {
         match self.dir {
             Some(dir) if written.is_relative() => dir.join(written),
             _ => written.to_owned(),
@@ -48,7 +48,12 @@ impl Source<'_> {
         }
     }
 
-    fn invalid(&self, span: &Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+    pub(super) fn invalid(
+        &self,
+        span: &Range<usize>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> ConfigError {
         ConfigError::Invalid {
             origin: self.at(span),
             key: key.to_owned(),
@@ -113,7 +118,12 @@ pub(super) const NUMBER_KEYS: &[(&str, &str)] = &[
     ("max_clients", "10000"),
     ("max_sessions", "10000"),
 ];
-pub(super) const BOOL_KEYS: &[&str] = &["reuse", "insecure_skip_verify", "allow_unauthenticated"];
+pub(super) const BOOL_KEYS: &[&str] = &[
+    "reuse",
+    "insecure_skip_verify",
+    "allow_unauthenticated",
+    "serverless",
+];
 pub(super) const DURATION_KEYS: &[&str] = &[
     "connect_timeout",
     "shutdown_grace",
@@ -122,6 +132,8 @@ pub(super) const DURATION_KEYS: &[&str] = &[
     "health_interval",
     "shared_reply_timeout",
     "client_idle_timeout",
+    "refresh",
+    "reauth_after",
 ];
 /// Keys that take a string (or a list of strings); with [`DURATION_KEYS`], those an unquoted
 /// value is wrong for. Other keys (a misspelt one, say) keep toml's message.
@@ -141,6 +153,9 @@ pub(super) const STRING_KEYS: &[&str] = &[
     "password_env",
     "password_file",
     "password",
+    "cache",
+    "region",
+    "service",
 ];
 
 /// What to write instead, when `value` (as written) is the wrong kind for `key`: a bare
@@ -235,7 +250,7 @@ fn without_literal(message: &str) -> String {
 }
 
 /// An environment variable's name as shells write them.
-fn is_env_name(name: &str) -> bool {
+pub(super) fn is_env_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars
         .next()
@@ -354,7 +369,7 @@ pub(super) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
         connect_timeout,
         keepalive,
         auth: match &raw.auth {
-            Some(auth) => Some(credentials(auth, "auth", src)?),
+            Some(auth) => Some(upstream_auth(auth, "auth", src)?),
             None => None,
         },
         tls: raw.tls.clone().unwrap_or_default(),
@@ -389,7 +404,7 @@ pub(super) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
 struct Defaults<'a> {
     connect_timeout: Duration,
     keepalive: Option<Duration>,
-    auth: Option<Credentials>,
+    auth: Option<UpstreamAuth>,
     tls: RawTls,
     client_auth: ClientAuth,
     pool: Option<&'a RawPool>,
@@ -446,13 +461,17 @@ fn listener(
         &[("resp", Protocol::Resp), ("raw", Protocol::Raw)],
         src,
     )?;
-    let pool = pool_settings(l.pool.as_ref(), defaults.pool, src)?;
+    let mut pool = pool_settings(l.pool.as_ref(), defaults.pool, src)?;
     let tls = tls_config(&options, &own_tls, &defaults.tls, spanned, src)?;
     let client_key = options.client_key.clone();
     let auth = match &l.auth {
-        Some(own) => Some(credentials(own, "listener.auth", src)?),
+        Some(own) => Some(upstream_auth(own, "listener.auth", src)?),
         None => defaults.auth.clone(),
     };
+    if let Some(iam) = auth.as_ref().and_then(UpstreamAuth::iam) {
+        // Pooled and shared sessions are replaced before the server's cut rather than re-AUTHed.
+        pool.max_lifetime = pool.max_lifetime.min(iam.reauth_after);
+    }
     let client_auth = match &l.client_auth {
         Some(c) => client_auth(c, "listener.client_auth", src)?,
         None => defaults.client_auth.clone(),
@@ -869,12 +888,16 @@ fn client_auth(
                 c.span(),
                 RawAuth {
                     username: r.username.clone(),
-                    password_env: r.password_env.clone(),
+                    password_env: r
+                        .password_env
+                        .clone()
+                        .map(|v| Spanned::new(v.span(), RawNames::One(v.into_inner()))),
                     password_file: r.password_file.clone(),
                     password: r.password.clone(),
+                    iam: None,
                 },
             );
-            Ok(ClientAuth::Require(credentials(&auth, table, src)?))
+            Ok(ClientAuth::Require(client_credentials(&auth, table, src)?))
         }
         other => Err(src.invalid(
             &r.mode.span(),
@@ -882,103 +905,6 @@ fn client_auth(
             format!("`{other}` is not a mode; use \"passthrough\", \"absorb\" or \"require\""),
         )),
     }
-}
-
-/// Resolves an `[auth]` section to the secret itself, now, so that a missing variable or an
-/// unreadable file is a config error at start rather than a failed AUTH later.
-fn credentials(
-    auth: &Spanned<RawAuth>,
-    table: &str,
-    src: &Source<'_>,
-) -> Result<Credentials, ConfigError> {
-    let a = auth.get_ref();
-    let given = [
-        a.password_env.is_some(),
-        a.password_file.is_some(),
-        a.password.is_some(),
-    ];
-    if given.iter().filter(|g| **g).count() != 1 {
-        return Err(src.invalid(
-            &auth.span(),
-            table,
-            "set exactly one of password_env, password_file or password",
-        ));
-    }
-    let mut password = if let Some(var) = &a.password_env {
-        let name = var.get_ref();
-        let key = format!("{table}.password_env");
-        if !is_env_name(name) {
-            // Likely the token itself, typed where its variable's name belongs: not echoed.
-            return Err(src.invalid(
-                &var.span(),
-                &key,
-                "must name an environment variable (letters, digits, _), not hold the password (value not shown)",
-            ));
-        }
-        // Its name is not repeated: it may be the token typed in its place.
-        let unusable = |what: &str| {
-            let message = format!(
-                "the environment variable it names {what} (its name is not repeated: it may be the token)"
-            );
-            src.invalid(&var.span(), &key, message)
-        };
-        match std::env::var(name) {
-            Ok(v) if v.is_empty() => return Err(unusable("is empty")),
-            Ok(v) => Zeroizing::new(v),
-            Err(std::env::VarError::NotPresent) => return Err(unusable("is not set")),
-            Err(std::env::VarError::NotUnicode(_)) => return Err(unusable("is not valid UTF-8")),
-        }
-    } else if let Some(file) = &a.password_file {
-        let path = &src.path(file.get_ref());
-        let key = format!("{table}.password_file");
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-            let message = if path.symlink_metadata().is_ok() {
-                // It is there, so the value is a path, not a token.
-                format!("cannot read password file {}: {e}", path.display())
-            } else {
-                // Nothing there: a password typed where its file belongs would be echoed. The
-                // line and key say which value, the message says where it was looked for.
-                let place = match src.dir {
-                    _ if file.get_ref().is_absolute() => "",
-                    Some(_) => " in the config file's directory",
-                    None => " in the working directory",
-                };
-                format!("no such file{place} (the value is not repeated here)")
-            };
-            src.invalid(&file.span(), &key, message)
-        })?);
-        // Secret files written by editors, `echo` or Kubernetes often end in a newline that is
-        // not part of the token.
-        let value = Zeroizing::new(text.trim_end_matches(['\r', '\n']).to_owned());
-        if value.is_empty() {
-            return Err(src.invalid(
-                &file.span(),
-                &key,
-                format!("password file {} is empty", path.display()),
-            ));
-        }
-        value
-    } else if let Some(p) = &a.password {
-        if p.get_ref().is_empty() {
-            return Err(src.invalid(&p.span(), &format!("{table}.password"), "must not be empty"));
-        }
-        p.get_ref().clone()
-    } else {
-        unreachable!("exactly one password source was checked above")
-    };
-    let username = match &a.username {
-        Some(u) if u.get_ref().is_empty() => {
-            return Err(src.invalid(&u.span(), &format!("{table}.username"), "must not be empty"));
-        }
-        Some(u) => Some(u.get_ref().clone()),
-        None => None,
-    };
-    Ok(Credentials {
-        username,
-        // Moved, not copied: the wiped buffer is the only one.
-        password: Secret::new(std::mem::take(&mut *password)),
-        file: a.password_file.as_ref().map(|f| src.path(f.get_ref())),
-    })
 }
 
 #[cfg(test)]
@@ -992,6 +918,126 @@ mod tests {
     }
 
     const MIN: &str = "[[listener]]\nlisten = \"127.0.0.1:0\"\nupstream = \"localhost:6379\"\n";
+
+    fn secrets(a: &UpstreamAuth) -> Vec<&str> {
+        match &a.method {
+            crate::config::AuthMethod::Passwords(p) => {
+                p.iter().map(|p| p.secret.expose()).collect()
+            }
+            crate::config::AuthMethod::Iam(_) => vec![],
+        }
+    }
+
+    #[test]
+    fn two_passwords_during_a_rotation_keep_their_order_and_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let tok = dir.path().join("tok");
+        std::fs::write(&tok, "new-token-123456\r\nold-token-123456\n").unwrap();
+        let text = format!("[auth]\npassword_file = \"{}\"\n{MIN}", tok.display());
+        let c = Config::from_toml(&text, "t.toml").unwrap();
+        let a = c.listeners[0].auth.as_ref().unwrap();
+        assert_eq!(secrets(a), ["new-token-123456", "old-token-123456"]);
+        let crate::config::AuthMethod::Passwords(p) = &a.method else {
+            panic!()
+        };
+        assert_eq!(p[1].source, format!("line 2 of {}", tok.display()));
+        assert_eq!(c.secret_files(), std::slice::from_ref(&tok));
+        std::fs::write(&tok, "a-token\nb-token\nc-token\n").unwrap();
+        let e = err(&text);
+        assert!(
+            e.contains("auth.password_file: password file") && e.contains("holds 3 lines"),
+            "{e}"
+        );
+        // Two variables every test process has (the crate cannot set any: no unsafe).
+        let c = Config::from_toml(
+            &format!("[auth]\npassword_env = [\"HOME\", \"PATH\"]\n{MIN}"),
+            "t.toml",
+        )
+        .unwrap();
+        let (home, path) = (
+            std::env::var("HOME").unwrap(),
+            std::env::var("PATH").unwrap(),
+        );
+        assert_eq!(secrets(c.listeners[0].auth.as_ref().unwrap()), [home, path]);
+        let e = err(&format!(
+            "[auth]\npassword_env = [\"A\", \"B\", \"C\"]\n{MIN}"
+        ));
+        assert_eq!(
+            e,
+            "t.toml:2: auth.password_env: names one variable, or two during a token rotation (new first)"
+        );
+        let e = err(&format!("[auth]\npassword_env = []\n{MIN}"));
+        assert!(
+            e.starts_with("t.toml:2: auth.password_env: names one"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn iam_settings_are_checked_and_defaulted() {
+        let c = Config::from_toml(
+            &format!("[auth]\nusername = \"app\"\n[auth.iam]\ncache = \"My-RG\"\n{MIN}"),
+            "t.toml",
+        )
+        .unwrap();
+        let l = &c.listeners[0];
+        let iam = l.auth.as_ref().unwrap().iam().unwrap();
+        assert_eq!(iam.cache, "my-rg");
+        assert_eq!((iam.region.as_deref(), iam.serverless), (None, false));
+        assert_eq!(iam.service, crate::auth::iam::Service::ElastiCache);
+        assert_eq!(iam.refresh, crate::config::DEFAULT_IAM_REFRESH);
+        assert_eq!(iam.reauth_after, crate::config::DEFAULT_IAM_REAUTH);
+        // Pooled and shared sessions are replaced before the re-AUTH is due.
+        assert_eq!(
+            l.pool.max_lifetime,
+            crate::config::DEFAULT_IAM_REAUTH.min(Duration::from_secs(3600))
+        );
+        let c = Config::from_toml(
+            &format!("[auth]\nusername = \"app\"\n[auth.iam]\ncache = \"c\"\nservice = \"memorydb\"\nserverless = true\nregion = \"eu-west-1\"\nrefresh = \"1s\"\nreauth_after = \"2s\"\n{MIN}"),
+            "t.toml",
+        )
+        .unwrap();
+        let l = &c.listeners[0];
+        let iam = l.auth.as_ref().unwrap().iam().unwrap();
+        assert_eq!(iam.service, crate::auth::iam::Service::MemoryDb);
+        assert_eq!(
+            (iam.region.as_deref(), iam.serverless),
+            (Some("eu-west-1"), true)
+        );
+        assert_eq!(
+            (iam.refresh, iam.reauth_after),
+            (Duration::from_secs(1), Duration::from_secs(2))
+        );
+        assert_eq!(l.pool.max_lifetime, Duration::from_secs(2));
+        let iam = |body: &str| err(&format!("[auth]\nusername = \"app\"\n{body}\n{MIN}"));
+        assert_eq!(
+            err(&format!("[auth.iam]\ncache = \"c\"\n{MIN}")),
+            "t.toml:1: auth.iam: needs `username`: the IAM-enabled ElastiCache or MemoryDB user"
+        );
+        assert_eq!(
+            iam("password = \"p-000000\"\n[auth.iam]\ncache = \"c\""),
+            "t.toml:1: auth.iam: IAM signs its own tokens: remove password_env, password_file and password"
+        );
+        assert!(
+            iam("[auth.iam]\ncache = \"master.rg.x.use1.cache.amazonaws.com:6379\"")
+                .contains("auth.iam.cache: must be the replication group id")
+        );
+        assert!(
+            iam("[auth.iam]\ncache = \"c\"\nservice = \"redis\"").ends_with(
+                "auth.iam.service: `redis` is not a service; use \"elasticache\" or \"memorydb\""
+            )
+        );
+        assert!(
+            iam("[auth.iam]\ncache = \"c\"\nrefresh = \"15m\"")
+                .ends_with("auth.iam.refresh: must be above 0 and below a token's 15 minutes")
+        );
+        assert!(
+            iam("[auth.iam]\ncache = \"c\"\nreauth_after = \"12h\"").ends_with(
+                "auth.iam.reauth_after: must be above 0 and below the server's 12-hour cut"
+            )
+        );
+        assert!(iam("[auth.iam]\ncache = \"c\"\nkind = 1").contains("unknown field `kind`"));
+    }
 
     #[test]
     fn minimal_listener_gets_defaults() {
@@ -1114,13 +1160,13 @@ mod tests {
         let c = Config::from_toml(&text, "t.toml").unwrap();
         let a = c.listeners[0].auth.as_ref().unwrap();
         assert_eq!(
-            (a.username.as_deref(), a.password.expose()),
-            (None, "inline-token-123456")
+            (a.username.as_deref(), secrets(a)),
+            (None, vec!["inline-token-123456"])
         );
         let b = c.listeners[1].auth.as_ref().unwrap();
         assert_eq!(
-            (b.username.as_deref(), b.password.expose()),
-            (Some("app"), "file-token-123456")
+            (b.username.as_deref(), secrets(b)),
+            (Some("app"), vec!["file-token-123456"])
         );
         let dump = format!("{c:?}");
         assert!(
@@ -1344,7 +1390,7 @@ mod tests {
         std::fs::write(&file, format!("[auth]\npassword_file = \"tok\"\n{MIN}")).unwrap();
         let c = Config::from_file(&file).unwrap();
         let a = c.listeners[0].auth.as_ref().unwrap();
-        assert_eq!(a.password.expose(), "file-token-123456");
+        assert_eq!(secrets(a), ["file-token-123456"]);
         assert_eq!(c.secret_files(), vec![dir.path().join("tok")]);
         // Text without a file (and flags) keep the working directory.
         let e = err(&format!("[auth]\npassword_file = \"tok\"\n{MIN}"));

@@ -5,7 +5,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use redis_protocol::resp2::types::OwnedFrame;
 
+use crate::auth::Auth;
 use crate::config::{Config, ListenerConfig};
+use crate::ops::metrics::Metrics;
 use crate::upstream::conn;
 use crate::upstream::conn::Conn;
 use crate::upstream::{self, DialError, Resolver};
@@ -89,9 +91,10 @@ where
 
 fn auth_summary(l: &ListenerConfig) -> String {
     match &l.auth {
-        Some(c) => match &c.username {
-            Some(u) => format!("user {u}"),
-            None => "token".into(),
+        Some(c) => match (&c.username, c.iam()) {
+            (Some(u), Some(iam)) => format!("iam user {u} cache {}", iam.cache),
+            (Some(u), None) => format!("user {u}"),
+            (None, _) => "token".into(),
         },
         None => "none".into(),
     }
@@ -102,12 +105,15 @@ fn probe(
 ) -> impl std::future::Future<Output = Result<String, DialError>> + Send + 'static {
     let l = l.clone();
     async move {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let _stop = stop.clone().drop_guard();
+        let auth = Auth::start(&l, Metrics::new().listener(&l.name), stop);
         let Conn {
             mut stream,
             at,
             mut leftover,
             ..
-        } = upstream::dial(&l, &Resolver::system()).await?;
+        } = upstream::dial(&l, &Resolver::system(), &auth).await?;
         let (peer, candidate, role) = (at.peer, at.candidate, at.role);
         let conn = &stream.get_ref().1;
         let mut line = format!("upstream={} addr={peer}", l.upstreams[candidate].addr);
@@ -120,8 +126,7 @@ fn probe(
         if let Some(cert) = conn.peer_certificates().and_then(|c| c.first()) {
             line.push_str(&describe_cert(cert));
         }
-        let auth = if l.auth.is_some() { "ok" } else { "none" };
-        let _ = write!(line, " auth={auth}");
+        let _ = write!(line, " auth={}", auth.describe());
         if let Some(r) = role {
             let _ = write!(line, " role={r}");
         }

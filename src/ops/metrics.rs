@@ -68,6 +68,8 @@ pub struct Metrics {
     limits: Family<LimitLabels, Gauge>,
     limit_hits: Family<LimitLabels, Counter>,
     accept_errors: Family<ListenerLabel, Counter>,
+    iam_tokens: Family<DialLabels, Counter>,
+    iam_next_refresh: Family<ListenerLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -96,6 +98,8 @@ impl Metrics {
             limits: Family::default(),
             limit_hits: Family::default(),
             accept_errors: Family::default(),
+            iam_tokens: Family::default(),
+            iam_next_refresh: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -132,6 +136,16 @@ impl Metrics {
             "first_reply_seconds",
             "Time from accepting a client to the first byte of its first reply",
             m.first_reply.clone(),
+        );
+        registry.register(
+            "iam_tokens",
+            "IAM tokens signed, by result: ok, no_credentials, expired, throttled, error",
+            m.iam_tokens.clone(),
+        );
+        registry.register(
+            "iam_token_next_refresh_timestamp_seconds",
+            "When the next IAM token will be signed (Unix time)",
+            m.iam_next_refresh.clone(),
         );
         registry.register(
             "bytes",
@@ -291,6 +305,23 @@ impl Limit {
 }
 
 impl ListenerMetrics {
+    /// Counts an IAM signing by its result.
+    pub fn iam_token(&self, result: &'static str) {
+        let labels = DialLabels {
+            listener: self.name.clone(),
+            result,
+        };
+        self.all.iam_tokens.get_or_create(&labels).inc();
+    }
+
+    /// When the next IAM token is due.
+    pub fn iam_next_refresh(&self, unix: f64) {
+        let labels = ListenerLabel {
+            listener: self.name.clone(),
+        };
+        self.all.iam_next_refresh.get_or_create(&labels).set(unix);
+    }
+
     /// Counts a dial: `None` for success, else the stage that failed.
     pub fn dial(&self, failed: Option<Stage>) {
         let result = match failed {

@@ -18,6 +18,9 @@ pub enum Cmd {
     Subscribe,
     Sync,
     Client,
+    /// `MULTI`, and what ends one (`EXEC`, `DISCARD`): nothing may be injected in between.
+    Multi,
+    EndMulti,
     Other,
 }
 
@@ -28,6 +31,9 @@ pub fn classify(name: &[u8]) -> Cmd {
         4 if is("AUTH") => Cmd::Auth,
         4 if is("QUIT") => Cmd::Quit,
         4 if is("SYNC") => Cmd::Sync,
+        4 if is("EXEC") => Cmd::EndMulti,
+        5 if is("MULTI") => Cmd::Multi,
+        7 if is("DISCARD") => Cmd::EndMulti,
         5 if is("HELLO") => Cmd::Hello,
         5 if is("RESET") => Cmd::Reset,
         5 if is("PSYNC") => Cmd::Sync,
@@ -427,6 +433,9 @@ mod tests {
         assert_eq!(classify(b"SSUBSCRIBE"), Cmd::Subscribe);
         assert_eq!(classify(b"punsubscribe"), Cmd::Subscribe);
         assert_eq!(classify(b"GET"), Cmd::Other);
+        assert_eq!(classify(b"multi"), Cmd::Multi);
+        assert_eq!(classify(b"Exec"), Cmd::EndMulti);
+        assert_eq!(classify(b"DISCARD"), Cmd::EndMulti);
         assert_eq!(classify(b""), Cmd::Other);
     }
 

@@ -150,6 +150,18 @@ impl Fifo {
     }
 }
 
+/// What [`Requests::reauth`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reauth {
+    Sent,
+    /// Inside a `MULTI`, or a frame half-forwarded: at the next request.
+    Later,
+    /// Replies no longer pair with requests (subscribe mode, `MONITOR`): nothing can go in.
+    Opaque,
+    /// No credentials to send now (an IAM token that could not be signed).
+    NoCredentials,
+}
+
 /// How far the request side got with a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
@@ -175,9 +187,14 @@ pub struct Requests {
     version: RespVersion,
     /// `require` mode: the client has given the tunnel's password.
     authed: bool,
+    /// A `MULTI` was sent and no `EXEC`, `DISCARD` or `RESET` since: a command injected now
+    /// would be queued into the client's transaction.
+    in_multi: bool,
     policy: ClientAuth,
-    /// Re-sent after a client's RESET, which de-authenticates the connection.
-    inject: Option<Credentials>,
+    /// Re-sent after a client's RESET, which de-authenticates the connection: during a
+    /// rotation both passwords, the one the server took last first (a refused `AUTH` leaves the
+    /// connection as it was, so whichever the server takes, it ends authenticated).
+    inject: Vec<Credentials>,
 }
 
 impl Requests {
@@ -190,9 +207,27 @@ impl Requests {
             synced: true,
             version: RespVersion::V2,
             authed: false,
+            in_multi: false,
             policy,
-            inject,
+            inject: inject.into_iter().collect(),
         }
+    }
+
+    /// Authenticates the session again with the current credentials (an IAM session before the
+    /// server's cut), between the client's requests, its reply swallowed.
+    pub fn reauth(&mut self, ops: &mut Vec<Op>, entries: &mut Vec<Entry>) -> Reauth {
+        if !self.synced {
+            return Reauth::Opaque;
+        }
+        if self.streaming || self.in_multi {
+            return Reauth::Later;
+        }
+        let Some(creds) = self.inject.first() else {
+            return Reauth::NoCredentials;
+        };
+        ops.push(Op::Bytes(super::auth_command(creds)));
+        entries.push(Entry::Swallow(1));
+        Reauth::Sent
     }
 
     /// Whether replies pair with requests (so the tunnel may inject and answer in order).
@@ -206,8 +241,9 @@ impl Requests {
         self.synced = false;
     }
 
-    /// The credentials to re-send after a RESET (they change on reload).
-    pub fn set_inject(&mut self, inject: Option<Credentials>) {
+    /// The credentials to re-send after a RESET, in order (they change on reload, with a new
+    /// token, or when the server takes the other password of a rotation).
+    pub fn set_inject(&mut self, inject: Vec<Credentials>) {
         self.inject = inject;
     }
 
@@ -358,7 +394,8 @@ impl Requests {
             }
             _ if needs_auth && cmd != Cmd::Quit => Err(ScanError::InlineTooBig),
             _ if !self.synced => Ok(()),
-            Cmd::Other => {
+            Cmd::Other | Cmd::Multi | Cmd::EndMulti => {
+                self.in_multi = cmd == Cmd::Multi || (self.in_multi && cmd == Cmd::Other);
                 entries.push(Entry::Client(1));
                 Ok(())
             }
@@ -394,8 +431,9 @@ impl Requests {
     /// the client pipelined after it, and its reply is swallowed.
     fn after_reset(&mut self, ops: &mut Vec<Op>, entries: &mut Vec<Entry>) {
         self.authed = false;
+        self.in_multi = false;
         self.version = RespVersion::V2;
-        if let Some(creds) = &self.inject {
+        for creds in &self.inject {
             ops.push(Op::Bytes(super::auth_command(creds)));
             entries.push(Entry::Swallow(1));
         }
@@ -445,6 +483,11 @@ impl Requests {
             && !matches!(cmd, Cmd::Auth | Cmd::Hello | Cmd::Quit | Cmd::Reset)
         {
             return synth(entries, NOAUTH);
+        }
+        match cmd {
+            Cmd::Multi => self.in_multi = true,
+            Cmd::EndMulti => self.in_multi = false,
+            _ => {}
         }
         match cmd {
             Cmd::Auth if !matches!(self.policy, ClientAuth::Passthrough) => {

@@ -25,6 +25,9 @@ pub struct Conn {
     /// Whatever the server sent after the handshake replies; forwarded to the client first.
     pub leftover: BytesMut,
     pub created: Instant,
+    /// When it last authenticated (dialled, or re-AUTHed after a RESET): an IAM session must
+    /// authenticate again before the server's 12-hour cut.
+    pub authed: Instant,
     /// Counts this session while it lives; set by the pool once the dial succeeded.
     pub open: Option<Open>,
 }

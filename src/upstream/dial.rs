@@ -16,6 +16,7 @@ use tokio_rustls::client::TlsStream;
 
 use super::conn::{self, At, Conn, NodeRole};
 use super::resolve::Resolver;
+use crate::auth::{Auth, Candidate};
 use crate::config::{ListenerConfig, Role, Upstream};
 use crate::proto;
 
@@ -78,11 +79,23 @@ impl DialError {
 /// Dials the listener's upstream. DNS is resolved here, every time, never cached: the primary
 /// endpoint's name moves to the new primary on failover. The session's [`At::born`] is left for
 /// the node authority to set.
-pub async fn dial(l: &ListenerConfig, resolver: &Resolver) -> Result<Conn, DialError> {
+pub async fn dial(l: &ListenerConfig, resolver: &Resolver, auth: &Auth) -> Result<Conn, DialError> {
+    let creds = auth
+        .candidates(l.connect_timeout)
+        .await
+        .map_err(|reason| DialError {
+            stage: Stage::Auth,
+            upstream: l.upstream_list(),
+            reason,
+        })?;
+    let how = How {
+        creds: &creds,
+        auth,
+    };
     let mut wrong_role: Vec<String> = Vec::new();
     let mut last = None;
     for (i, up) in l.upstreams.iter().enumerate() {
-        match dial_candidate(l, resolver, up, i, &mut wrong_role).await {
+        match dial_candidate(l, resolver, up, i, &how, &mut wrong_role).await {
             Ok(d) => return Ok(d),
             Err(e) => last = Some(e),
         }
@@ -101,11 +114,19 @@ pub async fn dial(l: &ListenerConfig, resolver: &Resolver) -> Result<Conn, DialE
     }))
 }
 
+/// How a session authenticates: the credentials to try in order, and whom to tell which one
+/// the server took.
+struct How<'a> {
+    creds: &'a [Candidate],
+    auth: &'a Auth,
+}
+
 async fn dial_candidate(
     l: &ListenerConfig,
     resolver: &Resolver,
     up: &Upstream,
     candidate: usize,
+    how: &How<'_>,
     wrong_role: &mut Vec<String>,
 ) -> Result<Conn, DialError> {
     let t = l.connect_timeout;
@@ -134,7 +155,7 @@ async fn dial_candidate(
         };
         // A failure past TCP on one address (say, a node hanging in TLS mid-failover) moves on
         // to the next address; the last failure is what the client is told.
-        let (stream, leftover, role) = match reach(l, up, addr).await {
+        let (stream, leftover, role) = match reach(l, up, addr, how).await {
             Ok(r) => r,
             Err((stage, e)) if stage == Stage::Connect => {
                 last = Some(fail(stage, label(e)));
@@ -171,6 +192,7 @@ async fn dial_candidate(
             at,
             leftover,
             created: Instant::now(),
+            authed: Instant::now(),
             open: None,
         });
     }
@@ -184,6 +206,7 @@ async fn reach(
     l: &ListenerConfig,
     up: &Upstream,
     addr: SocketAddr,
+    how: &How<'_>,
 ) -> Result<Reached, (Stage, String)> {
     let t = l.connect_timeout;
     let tcp = match timeout(t, TcpStream::connect(addr)).await {
@@ -199,7 +222,7 @@ async fn reach(
         Err(_) => return Err((Stage::Tls, format!("{} {NO_TLS}", timed_out(t)))),
     };
     let mut leftover = BytesMut::new();
-    match timeout(t, handshake(&mut stream, l, &mut leftover)).await {
+    match timeout(t, handshake(&mut stream, l, how, &mut leftover)).await {
         Ok(Ok(role)) => Ok((stream, leftover, role)),
         Ok(Err(e)) => Err(e),
         Err(_) => Err((Stage::Auth, timed_out(t))),
@@ -243,40 +266,94 @@ fn tls_failed(e: &io::Error) -> String {
 }
 
 /// Sends `AUTH` and `HELLO 2`, pipelined in one round trip, and checks both replies before any
-/// client byte may pass. The server's error text (`WRONGPASS …`) is the reason shown to the
-/// client; it never contains the password. Returns the node's role from HELLO (an ACL user may
-/// run HELLO where it may not run the admin command ROLE); only a listener with a `role` falls
-/// back to `ROLE` when HELLO says nothing (servers before Redis 6).
+/// client byte may pass. During a rotation a `WRONGPASS` moves on to the next password (the
+/// server the tunnel was told about last is tried first). The server's error text
+/// (`WRONGPASS …`) is the reason shown to the client; it never contains the password. Returns
+/// the node's role from HELLO (an ACL user may run HELLO where it may not run the admin command
+/// ROLE); only a listener with a `role` falls back to `ROLE` when HELLO says nothing (servers
+/// before Redis 6).
 async fn handshake(
     stream: &mut TlsStream<TcpStream>,
     l: &ListenerConfig,
+    how: &How<'_>,
     leftover: &mut BytesMut,
 ) -> Result<Option<NodeRole>, (Stage, String)> {
-    let mut cmd = BytesMut::new();
-    if let Some(creds) = &l.auth {
-        cmd.extend_from_slice(&proto::auth_command(creds));
-    }
-    proto::encode_command(&mut cmd, &[b"HELLO", b"2"]);
-    let io = |stage| move |e: io::Error| (stage, e.to_string());
-    stream.write_all(&cmd).await.map_err(io(Stage::Auth))?;
-    stream.flush().await.map_err(io(Stage::Auth))?;
-    drop(cmd);
-    if l.auth.is_some() {
-        match conn::read_frame(stream, leftover).await {
-            Ok(OwnedFrame::SimpleString(_)) => {}
-            Ok(OwnedFrame::Error(e)) => return Err((Stage::Auth, e)),
-            Ok(other) => return Err((Stage::Auth, format!("unexpected reply {other:?}"))),
-            Err(e) => return Err((Stage::Auth, e.to_string())),
-        }
-    }
-    let hello = conn::read_frame(stream, leftover)
-        .await
-        .map_err(|e| (Stage::Auth, e.to_string()))?;
+    let hello = authenticate_any(stream, how, leftover).await?;
     match conn::hello_role(&hello) {
         Some(role) => Ok(Some(role)),
         None if l.role == Role::Any => Ok(None),
         None => ask_role(stream, leftover).await,
     }
+}
+
+/// Authenticates with the first candidate the server accepts; only a `WRONGPASS` moves on.
+async fn authenticate_any(
+    stream: &mut TlsStream<TcpStream>,
+    how: &How<'_>,
+    leftover: &mut BytesMut,
+) -> Result<OwnedFrame, (Stage, String)> {
+    let Some((last, rest)) = how.creds.split_last() else {
+        return authenticate(stream, None, leftover)
+            .await?
+            .map_err(|e| how.refused(e));
+    };
+    for c in rest {
+        match authenticate(stream, Some(c), leftover).await? {
+            Ok(hello) => return Ok(how.accepted(c, hello)),
+            Err(e) if e.starts_with("WRONGPASS") => {}
+            Err(e) => return Err(how.refused(e)),
+        }
+    }
+    match authenticate(stream, Some(last), leftover).await? {
+        Ok(hello) => Ok(how.accepted(last, hello)),
+        Err(e) => Err(how.refused(e)),
+    }
+}
+
+impl How<'_> {
+    fn accepted(&self, c: &Candidate, hello: OwnedFrame) -> OwnedFrame {
+        self.auth.accepted(c.index);
+        hello
+    }
+
+    /// The server's refusal, with what it most likely means here.
+    fn refused(&self, e: String) -> (Stage, String) {
+        let hint = if e.starts_with("WRONGPASS") {
+            self.auth.refusal_hint()
+        } else {
+            ""
+        };
+        (Stage::Auth, format!("{e}{hint}"))
+    }
+}
+
+/// One `AUTH` (if any) and `HELLO 2` in one round trip: `Ok(Err(reason))` is the server's
+/// refusal of the AUTH, after its HELLO reply has been read too.
+async fn authenticate(
+    stream: &mut TlsStream<TcpStream>,
+    c: Option<&Candidate>,
+    leftover: &mut BytesMut,
+) -> Result<Result<OwnedFrame, String>, (Stage, String)> {
+    let mut cmd = BytesMut::new();
+    if let Some(c) = c {
+        cmd.extend_from_slice(&proto::auth_command(&c.credentials));
+    }
+    proto::encode_command(&mut cmd, &[b"HELLO", b"2"]);
+    let io = |e: io::Error| (Stage::Auth, e.to_string());
+    stream.write_all(&cmd).await.map_err(io)?;
+    stream.flush().await.map_err(io)?;
+    drop(cmd);
+    let read = |e: conn::ReplyError| (Stage::Auth, e.to_string());
+    let refused = match c {
+        None => None,
+        Some(_) => match conn::read_frame(stream, leftover).await.map_err(read)? {
+            OwnedFrame::SimpleString(_) => None,
+            OwnedFrame::Error(e) => Some(e),
+            other => return Err((Stage::Auth, format!("unexpected reply {other:?}"))),
+        },
+    };
+    let hello = conn::read_frame(stream, leftover).await.map_err(read)?;
+    Ok(refused.map_or(Ok(hello), Err))
 }
 
 async fn ask_role(

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::conn::{self, At, Conn, NodeRole};
 use super::dial::{Stage, dial};
 use super::resolve::Resolver;
+use crate::auth::Auth;
 use crate::config::{ListenerConfig, Role};
 use crate::limits::{NODE_CHECK, REMEMBERED_MOVES};
 use crate::lock;
@@ -91,6 +92,7 @@ pub struct Node {
 struct Inner {
     l: Arc<ListenerConfig>,
     resolver: Resolver,
+    auth: Auth,
     truth: watch::Sender<Truth>,
     /// Wakes the check: a session saw its node demoted.
     check_now: Notify,
@@ -104,6 +106,7 @@ impl Node {
     pub fn start(
         l: Arc<ListenerConfig>,
         resolver: Resolver,
+        auth: Auth,
         metrics: ListenerMetrics,
         stop: CancellationToken,
     ) -> Node {
@@ -115,6 +118,7 @@ impl Node {
             inner: Arc::new(Inner {
                 l,
                 resolver,
+                auth,
                 truth: watch::Sender::new(truth),
                 check_now: Notify::new(),
                 resolved: Mutex::new(Vec::new()),
@@ -312,7 +316,7 @@ impl Node {
     /// clients get the reason rather than a node of the wrong kind.
     async fn find(&self, probe: &mut Option<Conn>) {
         let l = &self.inner.l;
-        match dial(l, &self.inner.resolver).await {
+        match dial(l, &self.inner.resolver, &self.inner.auth).await {
             Ok(mut c) => {
                 self.observe(&mut c.at);
                 *probe = Some(c);

@@ -26,6 +26,7 @@ use super::dial::{DialError, Stage, dial};
 use super::node::Node;
 use super::resolve::Resolver;
 use crate::admission::{Admission, Slot};
+use crate::auth::Auth;
 use crate::config::ListenerConfig;
 use crate::limits::{BACKOFF_MAX, BACKOFF_MIN};
 use crate::lock;
@@ -41,6 +42,7 @@ pub struct Pool {
 struct Inner {
     l: Arc<ListenerConfig>,
     resolver: Resolver,
+    auth: Auth,
     node: Node,
     idle: Mutex<Vec<Conn>>,
     /// Sessions out with clients that may come back.
@@ -77,6 +79,7 @@ impl Pool {
     pub fn start(
         l: Arc<ListenerConfig>,
         resolver: Resolver,
+        auth: Auth,
         node: Node,
         metrics: ListenerMetrics,
         admission: Arc<Admission>,
@@ -86,6 +89,7 @@ impl Pool {
             inner: Arc::new(Inner {
                 l,
                 resolver,
+                auth,
                 node,
                 idle: Mutex::new(Vec::new()),
                 lent: AtomicUsize::new(0),
@@ -146,7 +150,7 @@ impl Pool {
     async fn dial(&self, slot: Slot) -> Result<Conn, DialError> {
         let m = &self.inner.metrics;
         let started = Instant::now();
-        match dial(&self.inner.l, &self.inner.resolver).await {
+        match dial(&self.inner.l, &self.inner.resolver, &self.inner.auth).await {
             Ok(mut s) => {
                 m.dial(None);
                 m.handshake.observe(started.elapsed().as_secs_f64());
@@ -251,7 +255,7 @@ impl Pool {
         {
             return;
         }
-        match timeout(l.connect_timeout, reset(&mut s, l)).await {
+        match timeout(l.connect_timeout, reset(&mut s, &self.inner.auth)).await {
             Ok(Ok(())) => {
                 tracing::debug!(listener = %l.name, peer = %s.at.peer, "session reset and back in the pool");
                 let mut idle = lock(&self.inner.idle);
@@ -282,11 +286,15 @@ enum ResetError {
     Other(String),
 }
 
-async fn reset(s: &mut Conn, l: &ListenerConfig) -> Result<(), ResetError> {
+async fn reset(s: &mut Conn, auth: &Auth) -> Result<(), ResetError> {
     let other = |e: &dyn std::fmt::Display| ResetError::Other(e.to_string());
     let mut cmd = BytesMut::new();
     proto::encode_command(&mut cmd, &[b"RESET"]);
-    if let Some(c) = &l.auth {
+    let creds = auth.current();
+    if auth.is_some() && creds.is_none() {
+        return Err(other(&"no valid IAM token to authenticate again with"));
+    }
+    if let Some(c) = &creds {
         cmd.extend_from_slice(&proto::auth_command(c));
     }
     s.stream.write_all(&cmd).await.map_err(|e| other(&e))?;
@@ -301,9 +309,9 @@ async fn reset(s: &mut Conn, l: &ListenerConfig) -> Result<(), ResetError> {
         Ok(f) => return Err(other(&format!("RESET answered {f:?}"))),
         Err(e) => return Err(other(&e)),
     }
-    if l.auth.is_some() {
+    if creds.is_some() {
         match conn::read_frame(&mut s.stream, &mut buf).await {
-            Ok(OwnedFrame::SimpleString(_)) => {}
+            Ok(OwnedFrame::SimpleString(_)) => s.authed = std::time::Instant::now(),
             Ok(f) => return Err(other(&format!("AUTH after RESET answered {f:?}"))),
             Err(e) => return Err(other(&e)),
         }
