@@ -335,13 +335,21 @@ impl Tunnel {
     /// A tunnel whose upstream names resolve with `resolver`. With `ECTUNNEL_TEST_LOG` set (a
     /// tracing filter such as `debug`), the tunnel's log goes to the test's output.
     pub async fn start_with(toml: &str, resolver: ectunnel::upstream::Resolver) -> Tunnel {
+        let config = ectunnel::Config::from_toml(toml, "test.toml").expect("valid test config");
+        Tunnel::start_config(config, resolver).await
+    }
+
+    /// A tunnel running `config` as given (a test may have put its own parts in it).
+    pub async fn start_config(
+        config: ectunnel::Config,
+        resolver: ectunnel::upstream::Resolver,
+    ) -> Tunnel {
         if let Ok(filter) = std::env::var("ECTUNNEL_TEST_LOG") {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
                 .with_test_writer()
                 .try_init();
         }
-        let config = ectunnel::Config::from_toml(toml, "test.toml").expect("valid test config");
         let server = ectunnel::Server::bind_with(config, resolver)
             .await
             .expect("bind");

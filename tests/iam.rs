@@ -1,0 +1,409 @@
+//! `[auth.iam]` against a real TLS redis-server: the tunnel's token source is replaced by one
+//! that, like IAM, makes each new token valid on the server (an ACL user's passwords: the new
+//! token and the one before it, as a token outlives the next refresh) and every older one
+//! invalid. A session that ever presented a stale token shows in the server's `ACL LOG`.
+//! Intervals are short (`refresh`, `reauth_after`) so that refreshes and re-AUTHs happen while
+//! clients run.
+
+mod common;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use common::*;
+use ectunnel::auth::iam::{IamError, Token, TokenRequest, TokenSource};
+use ectunnel::config::{AuthMethod, Secret};
+use tokio::io::AsyncWriteExt;
+
+const ADMIN: &str = "admin-password-0000";
+const USER: &str = "app";
+
+/// Tokens `tok-1`, `tok-2`, …: each one is made valid on the server (with the previous one)
+/// before it is handed out.
+#[derive(Debug)]
+struct AclTokens {
+    port: u16,
+    ca: std::path::PathBuf,
+    signed: AtomicU64,
+    /// Fail the way a machine without AWS credentials does.
+    fail: AtomicBool,
+    /// Hand out a token the server does not know (a user that is not IAM-enabled).
+    wrong: AtomicBool,
+}
+
+impl AclTokens {
+    async fn admin(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let tls = ectunnel::tls::client_config(&ectunnel::tls::TlsOptions {
+            ca_file: Some(self.ca.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut s = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        assert_eq!(roundtrip(&mut s, &cmd(&["AUTH", ADMIN])).await, "+OK\r\n");
+        s
+    }
+
+    async fn issue(&self, req: &TokenRequest) -> Result<Token, IamError> {
+        if self.fail.load(Ordering::Relaxed) {
+            return Err(IamError::NoCredentials(
+                "no AWS credentials found (test)".into(),
+            ));
+        }
+        if self.wrong.load(Ordering::Relaxed) {
+            return Ok(token("not-a-token-the-server-knows"));
+        }
+        let k = self.signed.fetch_add(1, Ordering::SeqCst) + 1;
+        let new = format!("tok-{k}-{}", req.cache);
+        let old = format!("tok-{}-{}", k - 1, req.cache);
+        let mut a = self.admin().await;
+        let set = cmd(&[
+            "ACL",
+            "SETUSER",
+            USER,
+            "on",
+            "resetpass",
+            &format!(">{new}"),
+            &format!(">{old}"),
+            "~*",
+            "&*",
+            "+@all",
+        ]);
+        assert_eq!(roundtrip(&mut a, &set).await, "+OK\r\n");
+        Ok(token(&new))
+    }
+}
+
+fn token(secret: &str) -> Token {
+    let now = SystemTime::now();
+    Token {
+        secret: Secret::new(secret),
+        signed: now,
+        expires: now + Duration::from_secs(900),
+        identity: "test tokens".into(),
+    }
+}
+
+impl TokenSource for AclTokens {
+    fn sign<'a>(
+        &'a self,
+        req: &'a TokenRequest,
+    ) -> Pin<Box<dyn Future<Output = Result<Token, IamError>> + Send + 'a>> {
+        Box::pin(self.issue(req))
+    }
+}
+
+struct Setup {
+    _pki: Pki,
+    redis: Redis,
+    tokens: Arc<AclTokens>,
+    tunnel: Tunnel,
+}
+
+/// A redis-server whose `default` user is the admin's, and a tunnel signing IAM tokens for
+/// `app` with `iam` settings and `pool` settings.
+async fn setup(iam: &str, pool: &str) -> Setup {
+    setup_with(iam, pool, false, false).await
+}
+
+/// [`setup`] with a token source that fails (`fail`) or signs tokens the server does not know
+/// (`wrong`) from the start.
+async fn setup_with(iam: &str, pool: &str, fail: bool, wrong: bool) -> Setup {
+    let pki = pki(&["localhost"]);
+    let redis = Redis::start(&pki, &["--requirepass", ADMIN]);
+    let tokens = Arc::new(AclTokens {
+        port: redis.port,
+        ca: pki.ca.clone(),
+        signed: AtomicU64::new(0),
+        fail: AtomicBool::new(fail),
+        wrong: AtomicBool::new(wrong),
+    });
+    let toml = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n{}[listener.pool]\n{pool}\n[listener.auth]\nusername = \"{USER}\"\n[listener.auth.iam]\ncache = \"test-cache\"\nregion = \"us-east-1\"\n{iam}\n",
+        listener_toml(&format!("localhost:{}", redis.port), &pki, "")
+    );
+    let mut config = ectunnel::Config::from_toml(&toml, "iam.toml").expect("valid config");
+    let auth = config.listeners[0].auth.as_mut().expect("auth");
+    let AuthMethod::Iam(iam) = &mut auth.method else {
+        panic!("not IAM")
+    };
+    iam.source = tokens.clone();
+    let tunnel = Tunnel::start_config(config, ectunnel::upstream::Resolver::system()).await;
+    Setup {
+        _pki: pki,
+        redis,
+        tokens,
+        tunnel,
+    }
+}
+
+impl Setup {
+    /// `ACL LOG`: every AUTH the server refused (a stale or unknown token), as raw RESP.
+    async fn refused_auths(&self) -> String {
+        let mut a = self.tokens.admin().await;
+        roundtrip(&mut a, &cmd(&["ACL", "LOG"])).await
+    }
+
+    /// The `CLIENT LIST` line of upstream connection `id`.
+    async fn upstream_client(&self, id: &str) -> String {
+        let mut a = self.tokens.admin().await;
+        let list = roundtrip(&mut a, &cmd(&["CLIENT", "LIST", "ID", id])).await;
+        list.lines()
+            .find(|l| l.contains("id="))
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// `CLIENT LIST` lines of the tunnel's sessions (user `app`).
+    async fn sessions(&self) -> Vec<String> {
+        let mut a = self.tokens.admin().await;
+        let list = roundtrip(&mut a, &cmd(&["CLIENT", "LIST"])).await;
+        list.lines()
+            .filter(|l| l.contains(&format!(" user={USER} ")))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+fn field<'a>(line: &'a str, name: &str) -> &'a str {
+    line.split(' ')
+        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+        .unwrap_or("")
+}
+
+/// The upstream connection id behind a client on a session of its own.
+async fn upstream_id(c: &mut tokio::net::TcpStream) -> String {
+    let reply = roundtrip(c, &cmd(&["CLIENT", "ID"])).await;
+    reply.trim_start_matches(':').trim_end().to_owned()
+}
+
+#[tokio::test]
+async fn clients_pipelining_see_nothing_while_tokens_refresh_and_sessions_reauthenticate() {
+    let s = setup(
+        "refresh = \"200ms\"\nreauth_after = \"1s\"",
+        "min_idle = 2\nmultiplex = 2",
+    )
+    .await;
+    let addr = s.tunnel.addr();
+    let run = Duration::from_millis(3500);
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        tasks.push(tokio::spawn(async move {
+            // Plain data commands: these ride the shared sessions.
+            let mut c = connect(addr).await;
+            let (mut sent, start) = (0u64, tokio::time::Instant::now());
+            while start.elapsed() < run {
+                let key = format!("k{i}");
+                let mut batch = Vec::new();
+                for n in 0..20 {
+                    batch.extend(cmd(&["SET", &key, &format!("{n}")]));
+                    batch.extend(cmd(&["GET", &key]));
+                }
+                c.write_all(&batch).await.unwrap();
+                for n in 0..20 {
+                    assert_eq!(read_reply(&mut c).await, "+OK\r\n");
+                    let v = format!("{n}");
+                    assert_eq!(read_reply(&mut c).await, format!("${}\r\n{v}\r\n", v.len()));
+                }
+                sent += 40;
+            }
+            sent
+        }));
+    }
+    // A client on a session of its own (WATCH makes one), busy all along.
+    let own = tokio::spawn(async move {
+        let mut c = connect(addr).await;
+        assert_eq!(roundtrip(&mut c, &cmd(&["WATCH", "w"])).await, "+OK\r\n");
+        let id = upstream_id(&mut c).await;
+        let start = tokio::time::Instant::now();
+        while start.elapsed() < run {
+            assert_eq!(
+                roundtrip(&mut c, &cmd(&["INCR", "own"]))
+                    .await
+                    .chars()
+                    .next(),
+                Some(':')
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (c, id)
+    });
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    let (mut own, id) = own.await.unwrap();
+    assert!(total > 0);
+    let signed = s.tokens.signed.load(Ordering::SeqCst);
+    assert!(
+        signed >= 8,
+        "only {signed} tokens were signed in 3.5 s at a 200 ms refresh"
+    );
+    // Every AUTH the tunnel sent used a token the server still took.
+    assert_eq!(s.refused_auths().await, "*0\r\n");
+    // The session of its own is the one it started on, and it authenticated again: left idle
+    // past `reauth_after`, its last command is the tunnel's AUTH.
+    let line = s.upstream_client(&id).await;
+    assert!(field(&line, "age").parse::<u64>().unwrap() >= 3, "{line}");
+    eventually("the idle session re-AUTHs", || async {
+        field(&s.upstream_client(&id).await, "cmd") == "auth"
+    })
+    .await;
+    assert_eq!(
+        roundtrip(&mut own, &cmd(&["GET", "own"]))
+            .await
+            .chars()
+            .next(),
+        Some('$')
+    );
+    // Pooled and shared sessions are replaced before `reauth_after` instead.
+    for line in s.sessions().await {
+        if field(&line, "id") != id {
+            let age: u64 = field(&line, "age").parse().unwrap();
+            assert!(age <= 2, "a session outlived reauth_after: {line}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_reauth_due_inside_multi_waits_for_exec() {
+    let s = setup("reauth_after = \"500ms\"", "min_idle = 0").await;
+    let mut c = connect(s.tunnel.addr()).await;
+    assert_eq!(roundtrip(&mut c, &cmd(&["MULTI"])).await, "+OK\r\n");
+    let sessions = s.sessions().await;
+    let mine: Vec<_> = sessions
+        .iter()
+        .filter(|l| field(l, "cmd") == "multi")
+        .collect();
+    assert_eq!(mine.len(), 1, "{sessions:?}");
+    let id = field(mine[0], "id").to_owned();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Due, but an AUTH now would be queued into the transaction: nothing was sent.
+    let line = s.upstream_client(&id).await;
+    assert_eq!(field(&line, "cmd"), "multi", "{line}");
+    assert_eq!(
+        roundtrip(&mut c, &cmd(&["SET", "t", "v"])).await,
+        "+QUEUED\r\n"
+    );
+    assert_eq!(roundtrip(&mut c, &cmd(&["EXEC"])).await, "*1\r\n+OK\r\n");
+    // Right after EXEC, the re-AUTH.
+    eventually("the re-AUTH after EXEC", || async {
+        field(&s.upstream_client(&id).await, "cmd") == "auth"
+    })
+    .await;
+    assert_eq!(roundtrip(&mut c, &cmd(&["GET", "t"])).await, "$1\r\nv\r\n");
+    assert_eq!(s.refused_auths().await, "*0\r\n");
+}
+
+#[tokio::test]
+async fn subscribers_are_reauthenticated_in_resp3_and_told_to_reconnect_in_resp2() {
+    let s = setup("reauth_after = \"700ms\"", "min_idle = 0").await;
+    let addr = s.tunnel.addr();
+    let mut v3 = connect(addr).await;
+    let hello = roundtrip(&mut v3, &cmd(&["HELLO", "3"])).await;
+    assert!(hello.starts_with('%'), "{hello}");
+    let id3 = roundtrip(&mut v3, &cmd(&["CLIENT", "ID"])).await;
+    let id3 = id3.trim_start_matches(':').trim_end().to_owned();
+    let sub = roundtrip(&mut v3, &cmd(&["SUBSCRIBE", "news"])).await;
+    assert!(sub.starts_with(">3\r\n"), "{sub}");
+    let mut v2 = connect(addr).await;
+    let sub = roundtrip(&mut v2, &cmd(&["SUBSCRIBE", "news"])).await;
+    assert!(sub.starts_with("*3\r\n$9\r\nsubscribe\r\n"), "{sub}");
+    // The RESP2 subscriber cannot take an AUTH: it is told why, then closed.
+    let rest = read_to_close(&mut v2).await.unwrap();
+    assert!(
+        rest.starts_with("-ERR ectunnel: auth 127.0.0.1:")
+            && rest.ends_with("which a subscribed or MONITOR connection cannot do; reconnect\r\n"),
+        "{rest:?}"
+    );
+    // The RESP3 one was re-AUTHed and still gets messages.
+    eventually("the RESP3 subscriber re-AUTHs", || async {
+        field(&s.upstream_client(&id3).await, "cmd") == "auth"
+    })
+    .await;
+    let mut a = s.tokens.admin().await;
+    assert_eq!(
+        roundtrip(&mut a, &cmd(&["PUBLISH", "news", "hi"])).await,
+        ":1\r\n"
+    );
+    assert_eq!(
+        read_reply(&mut v3).await,
+        ">3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$2\r\nhi\r\n"
+    );
+    assert_eq!(s.refused_auths().await, "*0\r\n");
+}
+
+#[tokio::test]
+async fn a_client_reset_is_followed_by_the_current_token() {
+    let s = setup("refresh = \"100ms\"", "min_idle = 0\nmultiplex = 0").await;
+    let mut c = connect(s.tunnel.addr()).await;
+    assert_eq!(roundtrip(&mut c, &cmd(&["SET", "r", "1"])).await, "+OK\r\n");
+    // Two refreshes later the session's own token is no longer valid anywhere.
+    let at = s.tokens.signed.load(Ordering::SeqCst);
+    eventually("two more tokens", || async {
+        s.tokens.signed.load(Ordering::SeqCst) >= at + 2
+    })
+    .await;
+    assert_eq!(roundtrip(&mut c, &cmd(&["RESET"])).await, "+RESET\r\n");
+    assert_eq!(roundtrip(&mut c, &cmd(&["GET", "r"])).await, "$1\r\n1\r\n");
+    assert_eq!(
+        roundtrip(&mut c, &cmd(&["ACL", "WHOAMI"])).await,
+        format!("${}\r\n{USER}\r\n", USER.len())
+    );
+    assert_eq!(s.refused_auths().await, "*0\r\n");
+}
+
+#[tokio::test]
+async fn signing_failures_and_refused_tokens_reach_the_client_explained() {
+    let s = setup_with("", "min_idle = 0", true, false).await;
+    let upstream = format!("localhost:{}", s.redis.port);
+    let mut c = connect(s.tunnel.addr()).await;
+    let reply = roundtrip(&mut c, &cmd(&["PING"])).await;
+    assert_eq!(
+        reply,
+        format!("-ERR ectunnel: auth {upstream}: no AWS credentials found (test)\r\n")
+    );
+    let m = scrape(s.tunnel.admin.unwrap()).await;
+    let failed = get(
+        &m,
+        "ectunnel_iam_tokens_total{listener=primary,result=no_credentials}",
+    );
+    assert!(failed >= 1.0);
+    // Credentials appear: the signer's retry finds them and clients are served.
+    s.tokens.fail.store(false, Ordering::Relaxed);
+    eventually("a token signed after the failure", || async {
+        let mut c = connect(s.tunnel.addr()).await;
+        roundtrip(&mut c, &cmd(&["PING"])).await == "+PONG\r\n"
+    })
+    .await;
+    let m = scrape(s.tunnel.admin.unwrap()).await;
+    assert!(get(&m, "ectunnel_iam_tokens_total{listener=primary,result=ok}") >= 1.0);
+    let next = get(
+        &m,
+        "ectunnel_iam_token_next_refresh_timestamp_seconds{listener=primary}",
+    );
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap();
+    assert!(next > now.as_secs_f64(), "{next}");
+
+    // A token the server refuses: its words, and what they most likely mean.
+    let s = setup_with("", "min_idle = 0", false, true).await;
+    let mut c = connect(s.tunnel.addr()).await;
+    let reply = roundtrip(&mut c, &cmd(&["PING"])).await;
+    let upstream = format!("localhost:{}", s.redis.port);
+    assert!(
+        reply.starts_with(&format!("-ERR ectunnel: auth {upstream}: WRONGPASS invalid username-password pair or user is disabled. (is the user IAM-enabled"))
+            && !reply.contains("not-a-token"),
+        "{reply}"
+    );
+}
