@@ -56,7 +56,7 @@ impl AclTokens {
     async fn issue(&self, req: &TokenRequest) -> Result<Token, IamError> {
         if self.fail.load(Ordering::Relaxed) {
             return Err(IamError::NoCredentials(
-                "no AWS credentials found (test)".into(),
+                "the test's credentials are gone".into(),
             ));
         }
         if self.wrong.load(Ordering::Relaxed) {
@@ -368,9 +368,10 @@ async fn signing_failures_and_refused_tokens_reach_the_client_explained() {
     let upstream = format!("localhost:{}", s.redis.port);
     let mut c = connect(s.tunnel.addr()).await;
     let reply = roundtrip(&mut c, &cmd(&["PING"])).await;
-    assert_eq!(
-        reply,
-        format!("-ERR ectunnel: auth {upstream}: no AWS credentials found (test)\r\n")
+    assert!(
+        reply.starts_with(&format!("-ERR ectunnel: auth {upstream}: no AWS credentials found (set AWS_ACCESS_KEY_ID"))
+            && reply.ends_with(": the test's credentials are gone\r\n"),
+        "{reply}"
     );
     let m = scrape(s.tunnel.admin.unwrap()).await;
     let failed = get(
@@ -406,4 +407,56 @@ async fn signing_failures_and_refused_tokens_reach_the_client_explained() {
             && !reply.contains("not-a-token"),
         "{reply}"
     );
+}
+
+/// The real token source, end to end: `check --connect` and a running tunnel sign with the
+/// credentials the AWS SDK finds (here in the environment) and authenticate with the token. The
+/// server's user takes any password (`nopass`): what it checks here is the tunnel's side.
+#[tokio::test]
+async fn the_sdk_credentials_chain_signs_what_check_and_the_tunnel_send() {
+    let pki = pki(&["localhost"]);
+    let redis = Redis::start(&pki, &["--requirepass", ADMIN]);
+    let mut a = direct(&redis, &pki, ADMIN).await;
+    let user = cmd(&["ACL", "SETUSER", USER, "on", "nopass", "~*", "+@all"]);
+    assert_eq!(roundtrip(&mut a, &user).await, "+OK\r\n");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("iam.toml");
+    let toml = format!(
+        "{}[listener.auth]\nusername = \"{USER}\"\n[listener.auth.iam]\ncache = \"test-cache\"\nregion = \"eu-west-1\"\n",
+        listener_toml(&format!("localhost:{}", redis.port), &pki, "")
+    );
+    std::fs::write(&file, toml).unwrap();
+    let file = path_str(&file);
+    let keys = [
+        ("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEY123456"),
+        ("AWS_SECRET_ACCESS_KEY", "example-secret-key-0000000000000000000000"),
+    ];
+    let (code, out, err) = run_bin_without_aws(&["check", "-c", &file, "--connect"], &keys);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("auth=ok (iam: access key AKIA…3456 (EnvironmentVariable); token expires 20"),
+        "{out}"
+    );
+    assert!(!out.contains("example-secret") && !err.contains("example-secret"));
+    // Without credentials, the listener's line says what is missing.
+    let (code, out, _) = run_bin_without_aws(&["check", "-c", &file, "--connect"], &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAIL  primary  auth localhost:") && out.contains("AWS_ACCESS_KEY_ID"), "{out}");
+    // The tunnel itself, with the same credentials.
+    let mut env = vec![
+        ("AWS_CONFIG_FILE", "/nonexistent/ectunnel-test/config"),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/ectunnel-test/credentials"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+    env.extend_from_slice(&keys);
+    let mut bin = Bin::spawn(&["-c", &file], &env);
+    let mut c = connect(bin.listen_addr()).await;
+    assert_eq!(roundtrip(&mut c, &cmd(&["PING"])).await, "+PONG\r\n");
+    let whoami = roundtrip(&mut c, &cmd(&["ACL", "WHOAMI"])).await;
+    assert_eq!(whoami, format!("${}\r\n{USER}\r\n", USER.len()));
+    drop(c);
+    bin.signal("TERM");
+    let (status, log) = bin.finish();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("example-secret") && !log.contains("X-Amz-Signature"), "{log}");
 }

@@ -2,9 +2,13 @@
 //! test time when botocore is installed, the region from the environment, and a prompt, clear
 //! failure without credentials or region.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+use common::run_bin_without_aws;
 
 /// `tests/data/iam/botocore_vectors.py`, which computes tokens with botocore.
 const BOTOCORE: &str = concat!(
@@ -80,32 +84,10 @@ const VECTORS: [Vector<'static>; 4] = [
     },
 ];
 
-/// Runs `ectunnel iam-token` with no AWS setting of the machine's: every `AWS_*` variable
-/// removed, no profile files, instance metadata off; then `env` on top. (exit code, stdout, stderr)
+/// Runs `ectunnel iam-token` with no AWS setting of the machine's, then `env` on top.
+/// (exit code, stdout, stderr)
 fn iam_token(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ectunnel"));
-    command.arg("iam-token").args(args);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("AWS_") {
-            command.env_remove(name);
-        }
-    }
-    command
-        .env("AWS_CONFIG_FILE", "/nonexistent/ectunnel-test/config")
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            "/nonexistent/ectunnel-test/credentials",
-        )
-        .env("AWS_EC2_METADATA_DISABLED", "true");
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let out = command.output().expect("run ectunnel");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_bin_without_aws(&[&["iam-token"], args].concat(), env)
 }
 
 /// A token's host and its query parameters, decoded and sorted: signers order parameters

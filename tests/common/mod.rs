@@ -586,9 +586,35 @@ impl Drop for Bin {
 }
 
 /// Runs the binary to completion: (exit code, stdout, stderr).
+/// [`run_bin`] with no AWS setting of the machine's: every `AWS_*` variable removed, no profile
+/// files, instance metadata off; then `env` on top.
+pub fn run_bin_without_aws(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut clean: Vec<(&str, &str)> = vec![
+        ("AWS_CONFIG_FILE", "/nonexistent/ectunnel-test/config"),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/ectunnel-test/credentials"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+    clean.extend_from_slice(env);
+    run_bin_with(args, &clean, |name| name.starts_with("AWS_"))
+}
+
 pub fn run_bin(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    run_bin_with(args, env, |_| false)
+}
+
+/// Runs the binary with the variables `drop` names removed, then `env` set.
+fn run_bin_with(
+    args: &[&str],
+    env: &[(&str, &str)],
+    drop: impl Fn(&str) -> bool,
+) -> (i32, String, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ectunnel"));
     command.args(args).env_remove("ECTUNNEL_CONFIG");
+    for (name, _) in std::env::vars_os() {
+        if drop(&name.to_string_lossy()) {
+            command.env_remove(name);
+        }
+    }
     for (k, v) in env {
         command.env(k, v);
     }
