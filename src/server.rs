@@ -264,6 +264,10 @@ impl Server {
             let name = l.name.clone();
             let a = admission(&mut self.admissions, &name);
             let listener = Arc::new(Listener::start(l, self.resolver.clone(), m, a));
+            if let Some(old) = active.get(&name) {
+                // Clients switching to the new listener keep a token to authenticate with.
+                listener.auth.carry_over(&old.current.borrow().auth);
+            }
             current.push(listener.clone());
             match sockets.remove(&name) {
                 // Same address: keep the socket (nothing in its backlog is lost); connected

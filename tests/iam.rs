@@ -32,6 +32,8 @@ struct AclTokens {
     fail: AtomicBool,
     /// Hand out a token the server does not know (a user that is not IAM-enabled).
     wrong: AtomicBool,
+    /// Never answer (a credentials provider that hangs).
+    hang: AtomicBool,
 }
 
 impl AclTokens {
@@ -54,6 +56,9 @@ impl AclTokens {
     }
 
     async fn issue(&self, req: &TokenRequest) -> Result<Token, IamError> {
+        if self.hang.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
         if self.fail.load(Ordering::Relaxed) {
             return Err(IamError::NoCredentials(
                 "the test's credentials are gone".into(),
@@ -107,6 +112,7 @@ struct Setup {
     redis: Redis,
     tokens: Arc<AclTokens>,
     tunnel: Tunnel,
+    toml: String,
 }
 
 /// A redis-server whose `default` user is the admin's, and a tunnel signing IAM tokens for
@@ -126,27 +132,41 @@ async fn setup_with(iam: &str, pool: &str, fail: bool, wrong: bool) -> Setup {
         signed: AtomicU64::new(0),
         fail: AtomicBool::new(fail),
         wrong: AtomicBool::new(wrong),
+        hang: AtomicBool::new(false),
     });
     let toml = format!(
         "[admin]\nlisten = \"127.0.0.1:0\"\n{}[listener.pool]\n{pool}\n[listener.auth]\nusername = \"{USER}\"\n[listener.auth.iam]\ncache = \"test-cache\"\nregion = \"us-east-1\"\n{iam}\n",
         listener_toml(&format!("localhost:{}", redis.port), &pki, "")
     );
-    let mut config = ectunnel::Config::from_toml(&toml, "iam.toml").expect("valid config");
-    let auth = config.listeners[0].auth.as_mut().expect("auth");
-    let AuthMethod::Iam(iam) = &mut auth.method else {
-        panic!("not IAM")
-    };
-    iam.source = tokens.clone();
+    let config = with_source(&toml, &tokens);
     let tunnel = Tunnel::start_config(config, ectunnel::upstream::Resolver::system()).await;
     Setup {
         _pki: pki,
         redis,
         tokens,
         tunnel,
+        toml,
     }
 }
 
+/// The config `toml` with `tokens` as its token source.
+fn with_source(toml: &str, tokens: &Arc<AclTokens>) -> ectunnel::Config {
+    let mut config = ectunnel::Config::from_toml(toml, "iam.toml").expect("valid config");
+    let auth = config.listeners[0].auth.as_mut().expect("auth");
+    let AuthMethod::Iam(iam) = &mut auth.method else {
+        panic!("not IAM")
+    };
+    iam.source = tokens.clone();
+    config
+}
+
 impl Setup {
+    /// Reloads the same config (a new listener, with a signer of its own).
+    async fn reload(&self) {
+        let config = with_source(&self.toml, &self.tokens);
+        self.tunnel.reloader.reload(Ok(config)).await.unwrap();
+    }
+
     /// `ACL LOG`: every AUTH the server refused (a stale or unknown token), as raw RESP.
     async fn refused_auths(&self) -> String {
         let mut a = self.tokens.admin().await;
@@ -369,8 +389,9 @@ async fn signing_failures_and_refused_tokens_reach_the_client_explained() {
     let mut c = connect(s.tunnel.addr()).await;
     let reply = roundtrip(&mut c, &cmd(&["PING"])).await;
     assert!(
-        reply.starts_with(&format!("-ERR ectunnel: auth {upstream}: no AWS credentials found (set AWS_ACCESS_KEY_ID"))
-            && reply.ends_with(": the test's credentials are gone\r\n"),
+        reply.starts_with(&format!(
+            "-ERR ectunnel: auth {upstream}: no AWS credentials found (set AWS_ACCESS_KEY_ID"
+        )) && reply.ends_with(": the test's credentials are gone\r\n"),
         "{reply}"
     );
     let m = scrape(s.tunnel.admin.unwrap()).await;
@@ -429,7 +450,10 @@ async fn the_sdk_credentials_chain_signs_what_check_and_the_tunnel_send() {
     let file = path_str(&file);
     let keys = [
         ("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEY123456"),
-        ("AWS_SECRET_ACCESS_KEY", "example-secret-key-0000000000000000000000"),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            "example-secret-key-0000000000000000000000",
+        ),
     ];
     let (code, out, err) = run_bin_without_aws(&["check", "-c", &file, "--connect"], &keys);
     assert_eq!(code, 0, "{out}{err}");
@@ -441,11 +465,17 @@ async fn the_sdk_credentials_chain_signs_what_check_and_the_tunnel_send() {
     // Without credentials, the listener's line says what is missing.
     let (code, out, _) = run_bin_without_aws(&["check", "-c", &file, "--connect"], &[]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("FAIL  primary  auth localhost:") && out.contains("AWS_ACCESS_KEY_ID"), "{out}");
+    assert!(
+        out.contains("FAIL  primary  auth localhost:") && out.contains("AWS_ACCESS_KEY_ID"),
+        "{out}"
+    );
     // The tunnel itself, with the same credentials.
     let mut env = vec![
         ("AWS_CONFIG_FILE", "/nonexistent/ectunnel-test/config"),
-        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/ectunnel-test/credentials"),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/ectunnel-test/credentials",
+        ),
         ("AWS_EC2_METADATA_DISABLED", "true"),
     ];
     env.extend_from_slice(&keys);
@@ -458,5 +488,25 @@ async fn the_sdk_credentials_chain_signs_what_check_and_the_tunnel_send() {
     bin.signal("TERM");
     let (status, log) = bin.finish();
     assert!(status.success(), "{log}");
-    assert!(!log.contains("example-secret") && !log.contains("X-Amz-Signature"), "{log}");
+    assert!(
+        !log.contains("example-secret") && !log.contains("X-Amz-Signature"),
+        "{log}"
+    );
+}
+
+/// After a reload the new listener's signer may take a while (a slow credentials provider):
+/// meanwhile the previous token serves, for a new client and for a RESET on a connected one.
+#[tokio::test]
+async fn a_reload_keeps_the_token_until_the_new_signer_has_one() {
+    let s = setup("", "min_idle = 0").await;
+    let mut c = connect(s.tunnel.addr()).await;
+    assert_eq!(roundtrip(&mut c, &cmd(&["WATCH", "x"])).await, "+OK\r\n");
+    assert_eq!(roundtrip(&mut c, &cmd(&["SET", "x", "1"])).await, "+OK\r\n");
+    s.tokens.hang.store(true, Ordering::Relaxed);
+    s.reload().await;
+    assert_eq!(roundtrip(&mut c, &cmd(&["RESET"])).await, "+RESET\r\n");
+    assert_eq!(roundtrip(&mut c, &cmd(&["GET", "x"])).await, "$1\r\n1\r\n");
+    let mut d = connect(s.tunnel.addr()).await;
+    assert_eq!(roundtrip(&mut d, &cmd(&["PING"])).await, "+PONG\r\n");
+    assert_eq!(s.refused_auths().await, "*0\r\n");
 }

@@ -214,6 +214,46 @@ impl Auth {
         }
     }
 
+    /// After a reload: the previous listener's token, while the new signer has not signed one,
+    /// when both sign the same request (a client's RESET right after a reload is followed by a
+    /// token, not by nothing).
+    pub fn carry_over(&self, old: &Auth) {
+        let (
+            Kind::Iam { settings, state },
+            Kind::Iam {
+                settings: was,
+                state: old_state,
+            },
+        ) = (&self.0.kind, &old.0.kind)
+        else {
+            return;
+        };
+        let same = (
+            &settings.cache,
+            &settings.region,
+            settings.service,
+            settings.serverless,
+        ) == (&was.cache, &was.region, was.service, was.serverless)
+            && self.0.username == old.0.username;
+        let token = old_state.borrow().valid().cloned();
+        if let (true, Some(token)) = (same, token) {
+            let seeded = state.send_if_modified(|s| {
+                let empty = !s.tried;
+                if empty {
+                    *s = TokenState {
+                        token: Some(token),
+                        error: None,
+                        tried: true,
+                    };
+                }
+                empty
+            });
+            if seeded {
+                self.0.version.fetch_add(1, Ordering::Release);
+            }
+        }
+    }
+
     /// What the sessions present now, for `check --connect`: which password source, or the
     /// IAM identity and when the token expires.
     pub fn describe(&self) -> String {

@@ -591,7 +591,10 @@ impl Drop for Bin {
 pub fn run_bin_without_aws(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut clean: Vec<(&str, &str)> = vec![
         ("AWS_CONFIG_FILE", "/nonexistent/ectunnel-test/config"),
-        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/ectunnel-test/credentials"),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/ectunnel-test/credentials",
+        ),
         ("AWS_EC2_METADATA_DISABLED", "true"),
     ];
     clean.extend_from_slice(env);
