@@ -469,8 +469,27 @@ async fn the_sdk_credentials_chain_signs_what_check_and_the_tunnel_send() {
         out.contains("FAIL  primary  auth localhost:") && out.contains("AWS_ACCESS_KEY_ID"),
         "{out}"
     );
+    // A tunnel without them: each client is told, and the log says it once.
+    let mut bin = Bin::spawn_without_aws(&["-c", &file], &[]);
+    let addr = bin.listen_addr();
+    for _ in 0..3 {
+        let mut c = connect(addr).await;
+        let reply = roundtrip(&mut c, &cmd(&["PING"])).await;
+        assert!(
+            reply.starts_with("-ERR ectunnel: auth localhost:"),
+            "{reply}"
+        );
+        assert!(reply.contains("no AWS credentials found"), "{reply}");
+    }
+    bin.signal("TERM");
+    let (_, log) = bin.finish();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("no AWS credentials"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{log}");
     // The tunnel itself, with the same credentials.
-    let mut env = vec![
+    let mut env: Vec<(&str, &str)> = vec![
         ("AWS_CONFIG_FILE", "/nonexistent/ectunnel-test/config"),
         (
             "AWS_SHARED_CREDENTIALS_FILE",

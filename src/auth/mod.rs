@@ -342,13 +342,12 @@ impl Signer {
                 Err(e) => {
                     self.metrics.iam_token(e.result_label());
                     let s = state.borrow().clone();
-                    if s.error.is_none() {
-                        let kept = if s.valid().is_some() {
-                            "; the current token is used while it lasts"
-                        } else {
-                            ""
-                        };
-                        tracing::warn!(listener = %name, "IAM token: {e}{kept}");
+                    if s.error.is_none() && s.valid().is_some() {
+                        tracing::warn!(listener = %name, "IAM token: {e}; the current token is used while it lasts");
+                    } else {
+                        // Without a token, every dial fails with this reason, and the pool
+                        // (or the first client refused) logs it at WARN: once is enough.
+                        tracing::debug!(listener = %name, "IAM token: {e}");
                     }
                     state.send_modify(|s| {
                         s.error = Some(e);

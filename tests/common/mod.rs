@@ -492,12 +492,22 @@ pub struct Bin {
 
 impl Bin {
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Bin {
+        Bin::spawn_with(args, env, |_| {})
+    }
+
+    /// [`Bin::spawn`] with no AWS setting of the machine's ([`without_aws`]).
+    pub fn spawn_without_aws(args: &[&str], env: &[(&str, &str)]) -> Bin {
+        Bin::spawn_with(args, env, without_aws)
+    }
+
+    fn spawn_with(args: &[&str], env: &[(&str, &str)], prepare: impl Fn(&mut Command)) -> Bin {
         let mut command = Command::new(env!("CARGO_BIN_EXE_ectunnel"));
         command
             .args(args)
             .env_remove("ECTUNNEL_CONFIG")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        prepare(&mut command);
         for (k, v) in env {
             command.env(k, v);
         }
@@ -586,38 +596,41 @@ impl Drop for Bin {
 }
 
 /// Runs the binary to completion: (exit code, stdout, stderr).
-/// [`run_bin`] with no AWS setting of the machine's: every `AWS_*` variable removed, no profile
-/// files, instance metadata off; then `env` on top.
-pub fn run_bin_without_aws(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut clean: Vec<(&str, &str)> = vec![
-        ("AWS_CONFIG_FILE", "/nonexistent/ectunnel-test/config"),
-        (
-            "AWS_SHARED_CREDENTIALS_FILE",
-            "/nonexistent/ectunnel-test/credentials",
-        ),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-    ];
-    clean.extend_from_slice(env);
-    run_bin_with(args, &clean, |name| name.starts_with("AWS_"))
-}
-
-pub fn run_bin(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    run_bin_with(args, env, |_| false)
-}
-
-/// Runs the binary with the variables `drop` names removed, then `env` set.
-fn run_bin_with(
-    args: &[&str],
-    env: &[(&str, &str)],
-    drop: impl Fn(&str) -> bool,
-) -> (i32, String, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ectunnel"));
-    command.args(args).env_remove("ECTUNNEL_CONFIG");
+/// No AWS setting of the machine's: every `AWS_*` variable removed, no profile files, instance
+/// metadata off.
+fn without_aws(command: &mut Command) {
     for (name, _) in std::env::vars_os() {
-        if drop(&name.to_string_lossy()) {
+        if name.to_string_lossy().starts_with("AWS_") {
             command.env_remove(name);
         }
     }
+    command
+        .env("AWS_CONFIG_FILE", "/nonexistent/ectunnel-test/config")
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/ectunnel-test/credentials",
+        )
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+}
+
+/// [`run_bin`] with no AWS setting of the machine's ([`without_aws`]), then `env` on top.
+pub fn run_bin_without_aws(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    run_bin_with(args, env, without_aws)
+}
+
+pub fn run_bin(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    run_bin_with(args, env, |_| {})
+}
+
+/// Runs the binary: `prepare` sets up its environment, then `env` goes on top.
+fn run_bin_with(
+    args: &[&str],
+    env: &[(&str, &str)],
+    prepare: impl Fn(&mut Command),
+) -> (i32, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ectunnel"));
+    command.args(args).env_remove("ECTUNNEL_CONFIG");
+    prepare(&mut command);
     for (k, v) in env {
         command.env(k, v);
     }
