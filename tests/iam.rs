@@ -116,7 +116,8 @@ struct Setup {
 }
 
 /// A redis-server whose `default` user is the admin's, and a tunnel signing IAM tokens for
-/// `app` with `iam` settings and `pool` settings.
+/// `app` with `iam` settings and `pool` settings. `role = "primary"` gives the listener a node
+/// authority probe: a long-lived session of its own that must not outlive `reauth_after` either.
 async fn setup(iam: &str, pool: &str) -> Setup {
     setup_with(iam, pool, false, false).await
 }
@@ -135,7 +136,7 @@ async fn setup_with(iam: &str, pool: &str, fail: bool, wrong: bool) -> Setup {
         hang: AtomicBool::new(false),
     });
     let toml = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n{}[listener.pool]\n{pool}\n[listener.auth]\nusername = \"{USER}\"\n[listener.auth.iam]\ncache = \"test-cache\"\nregion = \"us-east-1\"\n{iam}\n",
+        "[admin]\nlisten = \"127.0.0.1:0\"\n{}role = \"primary\"\n[listener.pool]\n{pool}\n[listener.auth]\nusername = \"{USER}\"\n[listener.auth.iam]\ncache = \"test-cache\"\nregion = \"us-east-1\"\n{iam}\n",
         listener_toml(&format!("localhost:{}", redis.port), &pki, "")
     );
     let config = with_source(&toml, &tokens);

@@ -298,7 +298,15 @@ impl Node {
 
     /// Asks the probe (when it is on the node followed) whether the node still has the role.
     async fn still_has_role(&self, probe: &mut Option<Conn>, node: Option<SocketAddr>) -> bool {
-        let Some(p) = probe.as_mut().filter(|p| Some(p.at.peer) == node) else {
+        // An IAM probe due to authenticate again is replaced by a fresh dial instead.
+        let fresh = |p: &Conn| {
+            let every = self.inner.auth.reauth_after();
+            every.is_none_or(|every| p.authed.elapsed() < every)
+        };
+        let Some(p) = probe
+            .as_mut()
+            .filter(|p| Some(p.at.peer) == node && fresh(p))
+        else {
             return false;
         };
         let l = &self.inner.l;
