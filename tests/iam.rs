@@ -38,21 +38,7 @@ struct AclTokens {
 
 impl AclTokens {
     async fn admin(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-        let tls = ectunnel::tls::client_config(&ectunnel::tls::TlsOptions {
-            ca_file: Some(self.ca.clone()),
-            ..Default::default()
-        })
-        .unwrap();
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .unwrap();
-        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let mut s = tokio_rustls::TlsConnector::from(tls)
-            .connect(name, tcp)
-            .await
-            .unwrap();
-        assert_eq!(roundtrip(&mut s, &cmd(&["AUTH", ADMIN])).await, "+OK\r\n");
-        s
+        direct_to(self.port, &self.ca, ADMIN).await
     }
 
     async fn issue(&self, req: &TokenRequest) -> Result<Token, IamError> {

@@ -107,8 +107,8 @@ fn parts(token: &str) -> (String, BTreeMap<String, String>) {
     (host.to_owned(), params)
 }
 
-/// The token ectunnel prints for `v` (credentials in the environment, as a user would give them).
-fn ectunnel_token(v: &Vector<'_>) -> String {
+/// The flags both signers take for `v`'s request.
+fn request_args<'a>(v: &Vector<'a>) -> Vec<&'a str> {
     let mut args = vec![
         "--at",
         v.at,
@@ -124,6 +124,12 @@ fn ectunnel_token(v: &Vector<'_>) -> String {
     if v.serverless {
         args.push("--serverless");
     }
+    args
+}
+
+/// The token ectunnel prints for `v` (credentials in the environment, as a user would give them).
+fn ectunnel_token(v: &Vector<'_>) -> String {
+    let args = request_args(v);
     let mut env = vec![
         ("AWS_ACCESS_KEY_ID", v.key),
         ("AWS_SECRET_ACCESS_KEY", v.secret),
@@ -139,26 +145,9 @@ fn ectunnel_token(v: &Vector<'_>) -> String {
 
 /// The token botocore computes for `v`, or None when python3 or botocore is missing.
 fn botocore_token(v: &Vector<'_>) -> Option<String> {
-    let mut args = vec![
-        BOTOCORE,
-        "--at",
-        v.at,
-        "--cache",
-        v.cache,
-        "--user",
-        v.user,
-        "--region",
-        v.region,
-        "--service",
-        v.service,
-        "--key",
-        v.key,
-        "--secret",
-        v.secret,
-    ];
-    if v.serverless {
-        args.push("--serverless");
-    }
+    let mut args = vec![BOTOCORE];
+    args.extend(request_args(v));
+    args.extend(["--key", v.key, "--secret", v.secret]);
     if let Some(t) = v.token {
         args.extend(["--token", t]);
     }

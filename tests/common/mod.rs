@@ -214,12 +214,21 @@ pub async fn direct(
     pki: &Pki,
     token: &str,
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
+    direct_to(redis.port, &pki.ca, token).await
+}
+
+/// [`direct`] to the server on loopback `port` whose certificate chains to `ca`.
+pub async fn direct_to(
+    port: u16,
+    ca: &Path,
+    token: &str,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
     let tls = ectunnel::tls::client_config(&ectunnel::tls::TlsOptions {
-        ca_file: Some(pki.ca.clone()),
+        ca_file: Some(ca.to_owned()),
         ..Default::default()
     })
     .unwrap();
-    let tcp = TcpStream::connect(redis.addr()).await.unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let mut s = tokio_rustls::TlsConnector::from(tls)
         .connect(name, tcp)
