@@ -211,3 +211,21 @@ async fn a_rotation_with_the_server_first_fails_no_command() {
     })
     .await;
 }
+
+/// `check --connect` says which password of a rotation the server takes.
+#[tokio::test]
+async fn check_names_the_password_the_server_takes() {
+    let rig = Rig::start().await;
+    let file = rig.dir.path().join("redis-auth");
+    std::fs::write(&file, format!("{NEW}\n{OLD}\n")).unwrap();
+    let config = rig.dir.path().join("rotation.toml");
+    std::fs::write(&config, &rig.toml).unwrap();
+    let (code, out, err) = run_bin(&["check", "-c", &path_str(&config), "--connect"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let want = format!("auth=ok (password from line 2 of {})", file.display());
+    assert!(out.contains(&want), "{out}");
+    assert!(
+        !out.contains(OLD) && !out.contains(NEW) && !err.contains(OLD),
+        "{out}{err}"
+    );
+}
