@@ -140,4 +140,4 @@ pub const CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An IAM session due to authenticate again while no valid token is at hand looks again this
 /// often (the token's signer retries meanwhile; the server's cut is an hour away by default).
-pub const REAUTH_RETRY: Duration = Duration::from_secs(5);
+pub const REAUTH_RETRY: Duration = Duration::from_secs(2);

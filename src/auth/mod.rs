@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::iam::{IamError, Token, TokenRequest};
 use crate::config::{AuthMethod, Credentials, IamAuth, ListenerConfig, Password};
+use crate::limits::CREDENTIALS_TIMEOUT;
 use crate::ops::metrics::ListenerMetrics;
 
 /// A token this close to its expiry is not handed out: a session dialled with it would
@@ -127,6 +128,8 @@ impl Auth {
                 .collect()),
             Kind::Iam { state, .. } => {
                 let mut rx = state.subscribe();
+                // The first token may wait on the credentials chain (IMDS, STS) a while longer.
+                let wait = wait.max(CREDENTIALS_TIMEOUT);
                 let ready = tokio::time::timeout(wait, rx.wait_for(|s| s.tried))
                     .await
                     .is_ok();
@@ -238,13 +241,11 @@ impl Auth {
         let token = old_state.borrow().valid().cloned();
         if let (true, Some(token)) = (same, token) {
             let seeded = state.send_if_modified(|s| {
-                let empty = !s.tried;
+                // Unless the new signer has a token already (a first failure keeps its error).
+                let empty = s.valid().is_none();
                 if empty {
-                    *s = TokenState {
-                        token: Some(token),
-                        error: None,
-                        tried: true,
-                    };
+                    s.token = Some(token);
+                    s.tried = true;
                 }
                 empty
             });
@@ -294,6 +295,24 @@ impl Auth {
     }
 }
 
+/// The next signing: after `refresh`, or sooner when the token expires sooner (credentials
+/// that expire before the token's 15 minutes), so that a valid token is always at hand.
+fn next_refresh(refresh: Duration, s: &TokenState) -> Duration {
+    let left = s.token.as_ref().map_or(Duration::ZERO, |t| {
+        t.expires
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+    });
+    let before_expiry = left.saturating_sub(2 * EXPIRY_MARGIN);
+    refresh.min(before_expiry.max(Duration::from_secs(1)))
+}
+
+/// Whether a server's error refuses the credentials: `WRONGPASS` (Redis 6+, Valkey), or
+/// `ERR invalid password` (Redis 5, where ElastiCache's token rotation began).
+pub fn refused(error: &str) -> bool {
+    error.starts_with("WRONGPASS") || error.starts_with("ERR invalid password")
+}
+
 /// The passwords with their places, the one the server took last first.
 fn ordered<'a>(
     list: &'a [Password],
@@ -337,7 +356,7 @@ impl Signer {
                     });
                     self.auth.0.version.fetch_add(1, Ordering::Release);
                     retry = Duration::from_secs(1);
-                    settings.refresh
+                    next_refresh(settings.refresh, &state.borrow())
                 }
                 Err(e) => {
                     self.metrics.iam_token(e.result_label());

@@ -180,6 +180,8 @@ struct Link {
     /// The session must authenticate again and cannot (it is opaque): the reply side tells the
     /// client why and ends it at the next frame boundary.
     reauth_cut: AtomicBool,
+    /// The server answered an AUTH the tunnel sent ([`LinkState::reauth_answers`]).
+    reauth_answered: Notify,
 }
 
 struct LinkState {
@@ -192,6 +194,10 @@ struct LinkState {
     reply_lost: u64,
     /// When the session last authenticated (or sent its re-AUTH).
     authed: Instant,
+    /// [`Replies::multi_answers`]: a refused MULTI opened no transaction.
+    multi_answers: (u64, bool),
+    /// [`Replies::reauth_answers`].
+    reauth_answers: (u64, bool),
 }
 
 impl Link {
@@ -203,6 +209,8 @@ impl Link {
                 reply_synced: true,
                 reply_lost: 0,
                 authed,
+                multi_answers: (0, false),
+                reauth_answers: (0, false),
             }),
             room: Notify::new(),
             wake: Notify::new(),
@@ -210,6 +218,7 @@ impl Link {
             ended: CancellationToken::new(),
             held: AtomicBool::new(false),
             reauth_cut: AtomicBool::new(false),
+            reauth_answered: Notify::new(),
         }
     }
 
@@ -218,9 +227,12 @@ impl Link {
         if entries.is_empty() {
             return;
         }
-        let wake = entries
-            .iter()
-            .any(|e| !matches!(e, Entry::Client(_) | Entry::Swallow(_)));
+        let wake = entries.iter().any(|e| {
+            !matches!(
+                e,
+                Entry::Client(_) | Entry::Swallow(_) | Entry::Multi | Entry::Reauth
+            )
+        });
         lock(&self.state).fifo.extend(entries.drain(..));
         if wake {
             self.wake.notify_one();
@@ -344,13 +356,8 @@ async fn send_requests(
         let l = handle.borrow_and_update();
         (l.config.clone(), l.metrics.clone())
     };
-    let mut auth = handle.borrow().auth.clone();
-    // Set from `auth` at the first turn of the loop, before any client byte is read.
-    let mut seen = u64::MAX;
     let mut requests = Requests::new(l.client_auth.clone(), None);
-    let mut due = auth
-        .reauth_after()
-        .map(|every| lock(&link.state).authed + every);
+    let mut session = SessionAuth::new(&handle, link);
     if start.authed {
         requests.set_authed();
     }
@@ -361,7 +368,6 @@ async fn send_requests(
     let mut total = write_ops(&mut up, &[], &mut ops, &m.to_upstream).await?;
     let mut unread = !start.input.is_empty();
     let mut buf = start.input;
-    let mut lost = 0;
     loop {
         if buf.capacity() - buf.len() < READ_BUF / 4 {
             buf.reserve(READ_BUF);
@@ -375,9 +381,22 @@ async fn send_requests(
             tokio::select! {
                 r = client.read_buf(&mut buf) => r?,
                 _ = link.ended.cancelled() => return Ok((total, up)),
-                () = sleep_until_some(due) => {
-                    due = None;
-                    total += reauth(link, &mut requests, &mut up, &auth, &mut due, &m).await?;
+                () = sleep_until_some(session.due) => {
+                    session.sync(link, &mut handle, &mut requests);
+                    total += session.reauth(link, &mut requests, &mut up, &m).await?;
+                    continue;
+                }
+                // The server answered the tunnel's AUTH: when to authenticate next.
+                () = link.reauth_answered.notified() => {
+                    session.answers(link, &requests);
+                    continue;
+                }
+                // A reload: its credentials, and its `reauth_after`, apply to idle clients too.
+                r = handle.changed(), if session.listener_alive => {
+                    session.listener_alive = r.is_ok();
+                    let authed = lock(&link.state).authed;
+                    session.reloaded(&mut handle, authed);
+                    session.sync(link, &mut handle, &mut requests);
                     continue;
                 }
             }
@@ -387,22 +406,7 @@ async fn send_requests(
         }
         activity.touch();
         // Checked after the read: what it brought is judged with what the reply side knows now.
-        let now_lost = lock(&link.state).reply_lost;
-        if now_lost != lost {
-            lost = now_lost;
-            requests.set_unsynced();
-        }
-        if handle.has_changed().unwrap_or(false) {
-            // A reload: a RESET from now on is followed by the new credentials.
-            auth = handle.borrow_and_update().auth.clone();
-            seen = u64::MAX;
-        }
-        if auth.version() != seen {
-            // A refreshed token, or the other password of a rotation: what a RESET in this
-            // read is followed by.
-            seen = auth.version();
-            requests.set_inject(auth.all());
-        }
+        session.sync(link, &mut handle, &mut requests);
         let progress = requests.process(&buf, &mut ops, &mut entries);
         activity.authed(requests.is_authed());
         if !requests.is_synced() || entries.contains(&Entry::Subscribe3) {
@@ -411,12 +415,9 @@ async fn send_requests(
         link.push(&mut entries);
         total += write_ops(&mut up, &buf, &mut ops, &m.to_upstream).await?;
         buf.advance(progress.consumed);
-        if due.is_none()
-            && let Some(every) = auth.reauth_after()
-            && lock(&link.state).authed.elapsed() >= every
-        {
+        if session.waiting(link, &requests) {
             // A re-AUTH that had to wait (a MULTI was open) goes in after this request.
-            total += reauth(link, &mut requests, &mut up, &auth, &mut due, &m).await?;
+            total += session.reauth(link, &mut requests, &mut up, &m).await?;
         }
         if progress.stop {
             // Nothing more is read from this client. The server answers what it got and,
@@ -438,38 +439,144 @@ async fn send_requests(
     Ok((total, up))
 }
 
-/// Authenticates the session again (IAM, before the server's cut) if it can now; sets `due`
-/// to when to look again. An opaque session cannot: the reply side ends it, telling the client.
-async fn reauth(
-    link: &Link,
-    requests: &mut Requests,
-    up: &mut UpWrite,
-    auth: &crate::auth::Auth,
-    due: &mut Option<Instant>,
-    m: &ListenerMetrics,
-) -> io::Result<u64> {
-    let Some(every) = auth.reauth_after() else {
-        return Ok(0);
-    };
-    // The token now, not the one of the last read.
-    requests.set_inject(auth.all());
-    let (mut ops, mut entries) = (Vec::new(), Vec::new());
-    match requests.reauth(&mut ops, &mut entries) {
-        Reauth::Sent => {
-            lock(&link.state).authed = Instant::now();
-            *due = Some(Instant::now() + every);
-            link.push(&mut entries);
-            return write_ops(up, &[], &mut ops, &m.to_upstream).await;
-        }
-        // Looked at again after the client's next request.
-        Reauth::Later => {}
-        Reauth::NoCredentials => *due = Some(Instant::now() + REAUTH_RETRY),
-        Reauth::Opaque => {
-            link.reauth_cut.store(true, Ordering::Release);
-            link.wake.notify_one();
+/// The request side's view of how its session authenticates: the listener's authority as of
+/// now (reloads included), what the reply side learnt, and when an IAM session is due to
+/// authenticate again.
+struct SessionAuth {
+    auth: crate::auth::Auth,
+    /// [`crate::auth::Auth::version`] the engine's credentials were last set from.
+    seen: u64,
+    /// When to authenticate again; `None` while waiting for the next request (a MULTI was
+    /// open) or without IAM.
+    due: Option<Instant>,
+    /// [`Replies::lost`] as last seen.
+    lost: u64,
+    /// The tunnel's AUTHs answered, as last seen.
+    answered: u64,
+    listener_alive: bool,
+}
+
+impl SessionAuth {
+    fn new(handle: &Handle, link: &Link) -> SessionAuth {
+        let auth = handle.borrow().auth.clone();
+        let authed = lock(&link.state).authed;
+        SessionAuth {
+            due: auth.reauth_after().map(|every| authed + every),
+            auth,
+            // The engine's credentials are set at the first sync, before any client byte.
+            seen: u64::MAX,
+            lost: 0,
+            answered: 0,
+            listener_alive: true,
         }
     }
-    Ok(0)
+
+    /// Brings the engine up to date: accounting the reply side lost, a refused MULTI, a reload
+    /// (new credentials, a new `reauth_after`), a refreshed token or the other password of a
+    /// rotation (what a RESET is followed by).
+    fn sync(&mut self, link: &Link, handle: &mut Handle, requests: &mut Requests) {
+        let (lost, (answered, refused), authed) = {
+            let s = lock(&link.state);
+            (s.reply_lost, s.multi_answers, s.authed)
+        };
+        if lost != self.lost {
+            self.lost = lost;
+            requests.set_unsynced();
+        }
+        requests.multi_answers(answered, refused);
+        self.answers(link, requests);
+        if handle.has_changed().unwrap_or(false) {
+            self.reloaded(handle, authed);
+        }
+        if self.auth.version() != self.seen {
+            self.seen = self.auth.version();
+            requests.set_inject(self.auth.all());
+        }
+    }
+
+    /// A reload: the new listener's credentials and `reauth_after`.
+    fn reloaded(&mut self, handle: &mut Handle, authed: Instant) {
+        self.auth = handle.borrow_and_update().auth.clone();
+        self.seen = u64::MAX;
+        self.due = self.auth.reauth_after().map(|every| authed + every);
+    }
+
+    /// The server answered the tunnel's AUTHs: once none is on its way, an accepted one sets
+    /// the next re-AUTH a `reauth_after` on, a refused one (a token that expired behind a
+    /// blocking command) is tried again soon with a fresh token.
+    fn answers(&mut self, link: &Link, requests: &Requests) {
+        let (answered, refused) = lock(&link.state).reauth_answers;
+        if answered == self.answered {
+            return;
+        }
+        self.answered = answered;
+        let Some(every) = self.auth.reauth_after() else {
+            return;
+        };
+        if answered != requests.reauths_sent() {
+            return;
+        }
+        let now = Instant::now();
+        if refused {
+            self.due = Some(now + REAUTH_RETRY);
+        } else {
+            lock(&link.state).authed = now;
+            self.due = Some(now + every);
+        }
+    }
+
+    /// One of the tunnel's AUTHs is still on its way (behind a blocking command, say).
+    fn in_flight(&self, requests: &Requests) -> bool {
+        requests.reauths_sent() != self.answered
+    }
+
+    /// A re-AUTH is overdue and waits for a request to go in after.
+    fn waiting(&self, link: &Link, requests: &Requests) -> bool {
+        self.due.is_none()
+            && !self.in_flight(requests)
+            && self
+                .auth
+                .reauth_after()
+                .is_some_and(|every| lock(&link.state).authed.elapsed() >= every)
+    }
+
+    /// Authenticates the session again (IAM, before the server's cut) if it can now. An opaque
+    /// session cannot: the reply side ends it, telling the client.
+    async fn reauth(
+        &mut self,
+        link: &Link,
+        requests: &mut Requests,
+        up: &mut UpWrite,
+        m: &ListenerMetrics,
+    ) -> io::Result<u64> {
+        self.due = None;
+        if self.auth.reauth_after().is_none() {
+            return Ok(0);
+        }
+        if requests.own_auth() || self.in_flight(requests) {
+            // The client's own credentials are not the tunnel's to renew (until a RESET); an
+            // AUTH on its way sets the next one when answered.
+            return Ok(0);
+        }
+        // The token now, not the one of the last read.
+        requests.set_inject(self.auth.all());
+        let (mut ops, mut entries) = (Vec::new(), Vec::new());
+        match requests.reauth(&mut ops, &mut entries) {
+            // Its answer sets the next one.
+            Reauth::Sent => {
+                link.push(&mut entries);
+                return write_ops(up, &[], &mut ops, &m.to_upstream).await;
+            }
+            // Looked at again after the client's next request.
+            Reauth::Later | Reauth::NotOurs => {}
+            Reauth::NoCredentials => self.due = Some(Instant::now() + REAUTH_RETRY),
+            Reauth::Opaque => {
+                link.reauth_cut.store(true, Ordering::Release);
+                link.wake.notify_one();
+            }
+        }
+        Ok(0)
+    }
 }
 
 /// Sleeps until `due`, or for ever without one.
@@ -481,7 +588,7 @@ async fn sleep_until_some(due: Option<Instant>) {
 }
 
 /// Why an opaque IAM session is ended before the server's cut.
-const REAUTH_CUT: &str = "an IAM-authenticated connection must authenticate again before the server's 12-hour cut, which a subscribed or MONITOR connection cannot do; reconnect";
+const REAUTH_CUT: &str = "an IAM-authenticated connection must authenticate again before the server's 12-hour cut, which a connection whose replies do not pair with requests (subscribe mode, MONITOR, CLIENT REPLY OFF) cannot do; reconnect";
 
 /// What the reply side is waiting for.
 enum Wait {
@@ -525,6 +632,7 @@ async fn send_replies(
         ops: Vec::new(),
         total: 0,
         draining: false,
+        refusals: 0,
         first,
         activity,
     };
@@ -563,6 +671,8 @@ struct ReplySide<'a, 'c> {
     total: u64,
     /// The node moved: end at the next reply boundary.
     draining: bool,
+    /// AUTHs the server refused since it last accepted one (a rotation's RESET sends each).
+    refusals: usize,
     first: Option<Instant>,
     activity: &'a Activity,
 }
@@ -632,11 +742,20 @@ impl ReplySide<'_, '_> {
             s.reply_boundary = self.replies.at_boundary();
             s.reply_synced = self.replies.is_synced();
             s.reply_lost = self.replies.lost();
+            s.multi_answers = self.replies.multi_answers();
+            let answers = self.replies.reauth_answers();
+            if answers != s.reauth_answers {
+                s.reauth_answers = answers;
+                self.link.reauth_answered.notify_one();
+            }
             p
         };
         self.link.room.notify_one();
         if !progress.injected_errors.is_empty() {
             self.injected_errors(&progress.injected_errors);
+        }
+        if progress.injected_ok > 0 {
+            self.refusals = 0;
         }
         let buf = std::mem::take(&mut self.buf);
         let written = self.write(&buf).await?;
@@ -660,11 +779,18 @@ impl ReplySide<'_, '_> {
 
     /// During a rotation one of the two `AUTH`s after a RESET is refused by design; anything
     /// else the server refused of the tunnel's is news.
-    fn injected_errors(&self, errors: &[String]) {
-        let rotating = self.handle.borrow().auth.rotating();
+    fn injected_errors(&mut self, errors: &[String]) {
+        let passwords = self.handle.borrow().auth.all().len();
         for e in errors {
-            if rotating && e.starts_with("WRONGPASS") {
-                tracing::debug!(listener = %self.name, "the server refused one of the rotation's passwords after a RESET: {e}");
+            if passwords > 1 && crate::auth::refused(e) {
+                // Refusals since the last AUTH it accepted: all of them is news.
+                self.refusals += 1;
+                if self.refusals < passwords {
+                    tracing::debug!(listener = %self.name, "the server refused one of the rotation's passwords after a RESET: {e}");
+                    continue;
+                }
+                self.refusals = 0;
+                tracing::warn!(listener = %self.name, "the server refused every password of the rotation after a RESET: {e}");
             } else {
                 tracing::warn!(listener = %self.name, "the server refused a command the tunnel sent for the client (a re-AUTH, or a replayed one): {e}");
             }

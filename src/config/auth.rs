@@ -12,7 +12,6 @@ use super::raw::{RawAuth, RawIam, RawNames};
 use super::validate::{Source, is_env_name};
 use super::{AuthMethod, Credentials, IamAuth, Password, Secret, UpstreamAuth};
 use crate::auth::iam::{AwsSource, Service};
-use crate::limits::IAM_TOKEN_LIFETIME;
 
 /// A token lives 15 minutes; a refresh this often leaves most of it for a session dialled just
 /// before the next one.
@@ -20,6 +19,9 @@ pub const DEFAULT_IAM_REFRESH: Duration = Duration::from_secs(5 * 60);
 /// ElastiCache cuts an IAM-authenticated connection after 12 hours; an hour of margin.
 pub const DEFAULT_IAM_REAUTH: Duration = Duration::from_secs(11 * 3600);
 const IAM_CUT: Duration = Duration::from_secs(12 * 3600);
+/// The longest `refresh`: a token then has 5 of its 15 minutes left when the next is signed,
+/// room for a slow credentials provider.
+const MAX_IAM_REFRESH: Duration = Duration::from_secs(10 * 60);
 /// ElastiCache keeps at most two AUTH tokens valid at once (`ROTATE`, then `SET`).
 const MAX_PASSWORDS: usize = 2;
 
@@ -86,10 +88,16 @@ fn iam_settings(
             )
         })?,
     };
+    let region_name = |r: &str| {
+        !r.is_empty()
+            && r.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    };
     let region = match &r.region {
-        Some(reg) if reg.get_ref().trim().is_empty() => {
+        Some(reg) if !region_name(reg.get_ref().trim()) => {
             let key = format!("{table}.region");
-            return Err(src.invalid(&reg.span(), &key, "must not be empty"));
+            let message = format!("`{}` is not an AWS region (e.g. us-east-1)", reg.get_ref());
+            return Err(src.invalid(&reg.span(), &key, message));
         }
         Some(reg) => Some(reg.get_ref().trim().to_owned()),
         None => None,
@@ -97,9 +105,9 @@ fn iam_settings(
     let refresh = duration_below(
         r.refresh.as_ref(),
         DEFAULT_IAM_REFRESH,
-        IAM_TOKEN_LIFETIME,
+        MAX_IAM_REFRESH + Duration::from_nanos(1),
         &format!("{table}.refresh"),
-        "a token's 15 minutes",
+        "at most 10 minutes (a token lasts 15)",
         src,
     )?;
     let reauth_after = duration_below(
@@ -107,21 +115,26 @@ fn iam_settings(
         DEFAULT_IAM_REAUTH,
         IAM_CUT,
         &format!("{table}.reauth_after"),
-        "the server's 12-hour cut",
+        "below the server's 12-hour cut",
         src,
     )?;
+    let serverless = r.serverless.unwrap_or(false);
+    if serverless && service == Service::MemoryDb {
+        let key = format!("{table}.serverless");
+        return Err(src.invalid(&iam.span(), &key, "MemoryDB has no serverless caches"));
+    }
     Ok(IamAuth {
         cache: cache.to_ascii_lowercase(),
         region,
         service,
-        serverless: r.serverless.unwrap_or(false),
+        serverless,
         refresh,
         reauth_after,
         source: Arc::new(AwsSource::default()),
     })
 }
 
-/// A duration key that must be above zero and below `limit`.
+/// A duration key that must be above zero and below `limit` (`what` says so in words).
 fn duration_below(
     v: Option<&Spanned<humantime_serde::Serde<Duration>>>,
     default: Duration,
@@ -133,7 +146,7 @@ fn duration_below(
     let Some(v) = v else { return Ok(default) };
     let d = **v.get_ref();
     if d.is_zero() || d >= limit {
-        let message = format!("must be above 0 and below {what}");
+        let message = format!("must be above 0 and {what}");
         return Err(src.invalid(&v.span(), key, message));
     }
     Ok(d)

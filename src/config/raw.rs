@@ -87,7 +87,10 @@ pub(super) struct RawAuth {
 
 /// `password_env`: one variable, or a list during a token rotation (tried in order).
 #[derive(Deserialize, Clone)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "a variable name, or a list of two variable names"
+)]
 pub(super) enum RawNames {
     One(String),
     Many(Vec<String>),

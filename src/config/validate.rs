@@ -993,13 +993,13 @@ mod tests {
             crate::config::DEFAULT_IAM_REAUTH.min(Duration::from_secs(3600))
         );
         let c = Config::from_toml(
-            &format!("[auth]\nusername = \"app\"\n[auth.iam]\ncache = \"c\"\nservice = \"memorydb\"\nserverless = true\nregion = \"eu-west-1\"\nrefresh = \"1s\"\nreauth_after = \"2s\"\n{MIN}"),
+            &format!("[auth]\nusername = \"app\"\n[auth.iam]\ncache = \"c\"\nservice = \"elasticache\"\nserverless = true\nregion = \"eu-west-1\"\nrefresh = \"1s\"\nreauth_after = \"2s\"\n{MIN}"),
             "t.toml",
         )
         .unwrap();
         let l = &c.listeners[0];
         let iam = l.auth.as_ref().unwrap().iam().unwrap();
-        assert_eq!(iam.service, crate::auth::iam::Service::MemoryDb);
+        assert_eq!(iam.service, crate::auth::iam::Service::ElastiCache);
         assert_eq!(
             (iam.region.as_deref(), iam.serverless),
             (Some("eu-west-1"), true)
@@ -1028,13 +1028,26 @@ mod tests {
             )
         );
         assert!(
-            iam("[auth.iam]\ncache = \"c\"\nrefresh = \"15m\"")
-                .ends_with("auth.iam.refresh: must be above 0 and below a token's 15 minutes")
+            iam("[auth.iam]\ncache = \"c\"\nrefresh = \"11m\"").ends_with(
+                "auth.iam.refresh: must be above 0 and at most 10 minutes (a token lasts 15)"
+            )
         );
         assert!(
             iam("[auth.iam]\ncache = \"c\"\nreauth_after = \"12h\"").ends_with(
                 "auth.iam.reauth_after: must be above 0 and below the server's 12-hour cut"
             )
+        );
+        assert!(
+            iam("[auth.iam]\ncache = \"c\"\nregion = \"EU West\"")
+                .contains("auth.iam.region: `EU West` is not an AWS region")
+        );
+        assert!(
+            iam("[auth.iam]\ncache = \"c\"\nservice = \"memorydb\"\nserverless = true")
+                .ends_with("auth.iam.serverless: MemoryDB has no serverless caches")
+        );
+        assert!(
+            err(&format!("[auth]\npassword_env = [\"A\", 5]\n{MIN}"))
+                .contains("a variable name, or a list of two variable names")
         );
         assert!(iam("[auth.iam]\ncache = \"c\"\nkind = 1").contains("unknown field `kind`"));
     }

@@ -66,6 +66,12 @@ pub enum Entry {
     Hello { swallow: bool },
     /// The client's `RESET`: its reply, and the connection is back to RESP2.
     Reset,
+    /// The client's `MULTI` opening a transaction: its reply; an error means none was opened
+    /// (see [`Replies::multi_answers`]).
+    Multi,
+    /// The tunnel's own `AUTH` (after a RESET, or before the IAM cut): swallowed, its answer
+    /// reported ([`Replies::reauth_answers`]).
+    Reauth,
     /// A `(P|S)SUBSCRIBE` sent in RESP3: no reply, only pushes; done at its first confirmation
     /// push, or at the error reply it gets instead (an ACL refusing the channel). Had the
     /// connection stayed in RESP2, replies stop pairing here.
@@ -122,7 +128,7 @@ impl Fifo {
             .iter()
             .map(|e| match e {
                 Entry::Client(n) | Entry::Swallow(n) => *n,
-                Entry::Hello { .. } | Entry::Reset => 1,
+                Entry::Hello { .. } | Entry::Reset | Entry::Multi | Entry::Reauth => 1,
                 _ => 0,
             })
             .sum()
@@ -160,6 +166,8 @@ pub enum Reauth {
     Opaque,
     /// No credentials to send now (an IAM token that could not be signed).
     NoCredentials,
+    /// The client authenticated the session itself: its credentials, not the tunnel's.
+    NotOurs,
 }
 
 /// How far the request side got with a buffer.
@@ -187,9 +195,16 @@ pub struct Requests {
     version: RespVersion,
     /// `require` mode: the client has given the tunnel's password.
     authed: bool,
-    /// A `MULTI` was sent and no `EXEC`, `DISCARD` or `RESET` since: a command injected now
-    /// would be queued into the client's transaction.
+    /// A `MULTI` was sent and no `EXEC`, `DISCARD` or `RESET` since (nor did the server refuse
+    /// it): a command injected now would be queued into the client's transaction.
     in_multi: bool,
+    /// Transaction-opening `MULTI`s sent ([`Entry::Multi`]).
+    multis_sent: u64,
+    /// The tunnel's own AUTHs sent ([`Entry::Reauth`]).
+    reauths_sent: u64,
+    /// The client sent an `AUTH` of its own to the server: the session is not the tunnel's to
+    /// authenticate again, until a RESET.
+    own_auth: bool,
     policy: ClientAuth,
     /// Re-sent after a client's RESET, which de-authenticates the connection: during a
     /// rotation both passwords, the one the server took last first (a refused `AUTH` leaves the
@@ -208,6 +223,9 @@ impl Requests {
             version: RespVersion::V2,
             authed: false,
             in_multi: false,
+            multis_sent: 0,
+            reauths_sent: 0,
+            own_auth: false,
             policy,
             inject: inject.into_iter().collect(),
         }
@@ -216,6 +234,9 @@ impl Requests {
     /// Authenticates the session again with the current credentials (an IAM session before the
     /// server's cut), between the client's requests, its reply swallowed.
     pub fn reauth(&mut self, ops: &mut Vec<Op>, entries: &mut Vec<Entry>) -> Reauth {
+        if self.own_auth {
+            return Reauth::NotOurs;
+        }
         if !self.synced {
             return Reauth::Opaque;
         }
@@ -226,8 +247,14 @@ impl Requests {
             return Reauth::NoCredentials;
         };
         ops.push(Op::Bytes(super::auth_command(creds)));
-        entries.push(Entry::Swallow(1));
+        entries.push(Entry::Reauth);
+        self.reauths_sent += 1;
         Reauth::Sent
+    }
+
+    /// The tunnel's own AUTHs sent so far (see [`Replies::reauth_answers`]).
+    pub fn reauths_sent(&self) -> u64 {
+        self.reauths_sent
     }
 
     /// Whether replies pair with requests (so the tunnel may inject and answer in order).
@@ -239,6 +266,19 @@ impl Requests {
     /// stop injecting and answering here too, from the next frame on, until a RESET.
     pub fn set_unsynced(&mut self) {
         self.synced = false;
+    }
+
+    /// The client authenticated the session itself (an `AUTH` or `HELLO … AUTH` it sent on).
+    pub fn own_auth(&self) -> bool {
+        self.own_auth
+    }
+
+    /// What the reply side knows of the `MULTI`s sent ([`Replies::multi_answers`]): when the
+    /// last one was refused and none is pending, no transaction is open.
+    pub fn multi_answers(&mut self, answered: u64, last_refused: bool) {
+        if self.in_multi && answered == self.multis_sent && last_refused {
+            self.in_multi = false;
+        }
     }
 
     /// The credentials to re-send after a RESET, in order (they change on reload, with a new
@@ -394,8 +434,8 @@ impl Requests {
             }
             _ if needs_auth && cmd != Cmd::Quit => Err(ScanError::InlineTooBig),
             _ if !self.synced => Ok(()),
-            Cmd::Other | Cmd::Multi | Cmd::EndMulti => {
-                self.in_multi = cmd == Cmd::Multi || (self.in_multi && cmd == Cmd::Other);
+            Cmd::Other | Cmd::EndMulti => {
+                self.in_multi &= cmd == Cmd::Other;
                 entries.push(Entry::Client(1));
                 Ok(())
             }
@@ -432,10 +472,12 @@ impl Requests {
     fn after_reset(&mut self, ops: &mut Vec<Op>, entries: &mut Vec<Entry>) {
         self.authed = false;
         self.in_multi = false;
+        self.own_auth = false;
         self.version = RespVersion::V2;
         for creds in &self.inject {
             ops.push(Op::Bytes(super::auth_command(creds)));
-            entries.push(Entry::Swallow(1));
+            entries.push(Entry::Reauth);
+            self.reauths_sent += 1;
         }
     }
 
@@ -485,8 +527,14 @@ impl Requests {
             return synth(entries, NOAUTH);
         }
         match cmd {
-            Cmd::Multi => self.in_multi = true,
+            Cmd::Multi if !self.in_multi => {
+                self.in_multi = true;
+                self.multis_sent += 1;
+                entries.push(Entry::Multi);
+                return forward(ops, r);
+            }
             Cmd::EndMulti => self.in_multi = false,
+            Cmd::Auth if matches!(self.policy, ClientAuth::Passthrough) => self.own_auth = true,
             _ => {}
         }
         match cmd {
@@ -567,6 +615,11 @@ impl Requests {
                 .as_deref()
                 .and_then(command::parse_hello)
         });
+        if parsed.is_none() {
+            let args = command::args(frame, info);
+            let hello = args.as_deref().and_then(command::parse_hello);
+            self.own_auth |= hello.is_some_and(|h| h.auth.is_some());
+        }
         let rewritten = match parsed {
             // Passes through: the server judges its AUTH.
             None => None,
@@ -667,6 +720,8 @@ pub struct ReplyProgress {
     pub close: bool,
     /// Error replies to injected commands (e.g. the re-AUTH after RESET was refused).
     pub injected_errors: Vec<String>,
+    /// Replies to injected commands that were not errors.
+    pub injected_ok: u32,
     /// The client got `-READONLY` or `-UNBLOCKED … (master -> replica?)`: this node was
     /// demoted under us.
     pub demoted: bool,
@@ -697,6 +752,12 @@ pub struct Replies {
     /// The start of the current frame, kept for swallowed replies, errors and `+RESET`.
     capture: Vec<u8>,
     capturing: bool,
+    /// Replies to transaction-opening `MULTI`s so far, and whether the last was refused.
+    multis_answered: u64,
+    last_multi_refused: bool,
+    /// Replies to the tunnel's own AUTHs so far, and whether the last was refused.
+    reauths_answered: u64,
+    last_reauth_refused: bool,
 }
 
 impl Default for Replies {
@@ -716,7 +777,23 @@ impl Replies {
             version: RespVersion::V2,
             capture: Vec::new(),
             capturing: false,
+            multis_answered: 0,
+            last_multi_refused: false,
+            reauths_answered: 0,
+            last_reauth_refused: false,
         }
+    }
+
+    /// How many of the tunnel's own AUTHs were answered, and whether the last was refused: with
+    /// [`Requests::reauths_sent`], whether one is still on its way, and how it went.
+    pub fn reauth_answers(&self) -> (u64, bool) {
+        (self.reauths_answered, self.last_reauth_refused)
+    }
+
+    /// How many transaction-opening `MULTI`s were answered, and whether the last one was
+    /// refused (wrong arity, an ACL, NOAUTH): the request side's [`Requests::multi_answers`].
+    pub fn multi_answers(&self) -> (u64, bool) {
+        (self.multis_answered, self.last_multi_refused)
     }
 
     /// Whether replies pair with requests.
@@ -816,9 +893,9 @@ impl Replies {
             // A subscribe's only reply is an error (its confirmations are pushes).
             Some(Entry::Client(_) | Entry::Subscribe3) => Owner::Client,
             Some(Entry::Swallow(_)) => Owner::Swallow,
-            Some(e @ (Entry::Hello { .. } | Entry::Reset)) => {
+            Some(e @ (Entry::Hello { .. } | Entry::Reset | Entry::Multi | Entry::Reauth)) => {
                 let o = match e {
-                    Entry::Hello { swallow: true } => Owner::Swallow,
+                    Entry::Hello { swallow: true } | Entry::Reauth => Owner::Swallow,
                     _ => Owner::Client,
                 };
                 self.answering = Some(e.clone());
@@ -849,6 +926,8 @@ impl Replies {
                     let line = self.capture.split(|b| *b == b'\r').next().unwrap_or(&[]);
                     let text = String::from_utf8_lossy(&line[1..]);
                     progress.injected_errors.push(super::printable(&text));
+                } else if owner == Owner::Swallow {
+                    progress.injected_ok += 1;
                 }
             }
             Owner::Anyone => {
@@ -877,6 +956,14 @@ impl Replies {
             (Entry::Hello { .. }, Some(b'%')) => self.version = RespVersion::V3,
             (Entry::Hello { .. }, Some(b'*')) => self.version = RespVersion::V2,
             (Entry::Reset, Some(b'+')) => self.version = RespVersion::V2,
+            (Entry::Multi, first) => {
+                self.multis_answered += 1;
+                self.last_multi_refused = first == Some(&b'-');
+            }
+            (Entry::Reauth, first) => {
+                self.reauths_answered += 1;
+                self.last_reauth_refused = first == Some(&b'-');
+            }
             _ => {} // refused: nothing changed
         }
     }
@@ -928,9 +1015,13 @@ impl Replies {
                 }
                 // Unsynced, the replies these stood for cannot be told apart: only a RESET's
                 // reply can.
-                Some(Entry::Client(_) | Entry::Swallow(_) | Entry::Hello { .. })
-                    if self.mode == Mode::Unsynced =>
-                {
+                Some(
+                    Entry::Client(_)
+                    | Entry::Swallow(_)
+                    | Entry::Hello { .. }
+                    | Entry::Multi
+                    | Entry::Reauth,
+                ) if self.mode == Mode::Unsynced => {
                     fifo.q.pop_front();
                 }
                 _ => return false,

@@ -300,7 +300,7 @@ async fn authenticate_any(
     for c in rest {
         match authenticate(stream, Some(c), leftover).await? {
             Ok(hello) => return Ok(how.accepted(c, hello)),
-            Err(e) if e.starts_with("WRONGPASS") => {}
+            Err(e) if crate::auth::refused(&e) => {}
             Err(e) => return Err(how.refused(e)),
         }
     }
@@ -318,7 +318,7 @@ impl How<'_> {
 
     /// The server's refusal, with what it most likely means here.
     fn refused(&self, e: String) -> (Stage, String) {
-        let hint = if e.starts_with("WRONGPASS") {
+        let hint = if crate::auth::refused(&e) {
             self.auth.refusal_hint()
         } else {
             ""

@@ -13,7 +13,7 @@
 //!
 //! A session is retired (takes no new batch, finishes what it owes, then closes) when the node
 //! authority says its node moved, when it has been idle for `health_interval` or lived for
-//! `max_lifetime`, when a batch asked to be its last (`WAIT`), or while it waits on a receiver
+//! `max_lifetime` (busy or not), when a batch asked to be its last (`WAIT`), or while it waits on a receiver
 //! that does not take its replies. It is dead, and its receivers are told why, when the server
 //! closes it, sends nothing for `shared_reply_timeout` while a reply is owed, or, after its node
 //! moved, has not answered within [`NODE_GRACE`].
@@ -768,6 +768,9 @@ impl Reader {
         let mut last_read = tokio::time::Instant::now();
         // Set once the node moved: replies still owed get until then.
         let mut moved: Option<tokio::time::Instant> = None;
+        // A session kept busy is retired at the end of its life too (with IAM, `max_lifetime`
+        // is capped below the server's 12-hour cut), not only once it is idle.
+        let life_end = tokio::time::Instant::from_std(self.created + self.settings.max_lifetime);
         let why = loop {
             let retired = !lock(&self.gate).open;
             if retired && self.done() {
@@ -781,7 +784,12 @@ impl Reader {
                         break "the server closed the connection".to_owned();
                     }
                     Event::Read(Err(e)) => break format!("upstream read failed: {e}"),
-                    Event::Read(Ok(_)) => last_read = tokio::time::Instant::now(),
+                    Event::Read(Ok(_)) => {
+                        last_read = tokio::time::Instant::now();
+                        if last_read >= life_end {
+                            self.retire();
+                        }
+                    }
                     Event::Killed => break "upstream session failed".to_owned(),
                     Event::Moved => {
                         watching = false;

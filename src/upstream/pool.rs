@@ -290,11 +290,13 @@ async fn reset(s: &mut Conn, auth: &Auth) -> Result<(), ResetError> {
     let other = |e: &dyn std::fmt::Display| ResetError::Other(e.to_string());
     let mut cmd = BytesMut::new();
     proto::encode_command(&mut cmd, &[b"RESET"]);
-    let creds = auth.current();
-    if auth.is_some() && creds.is_none() {
+    // During a rotation every password, the one the server took last first: a refused AUTH
+    // leaves the connection as it was, so it ends authenticated if any is taken.
+    let creds = auth.all();
+    if auth.is_some() && creds.is_empty() {
         return Err(other(&"no valid IAM token to authenticate again with"));
     }
-    if let Some(c) = &creds {
+    for c in &creds {
         cmd.extend_from_slice(&proto::auth_command(c));
     }
     s.stream.write_all(&cmd).await.map_err(|e| other(&e))?;
@@ -309,12 +311,20 @@ async fn reset(s: &mut Conn, auth: &Auth) -> Result<(), ResetError> {
         Ok(f) => return Err(other(&format!("RESET answered {f:?}"))),
         Err(e) => return Err(other(&e)),
     }
-    if creds.is_some() {
+    let mut taken = creds.is_empty();
+    for _ in &creds {
         match conn::read_frame(&mut s.stream, &mut buf).await {
-            Ok(OwnedFrame::SimpleString(_)) => s.authed = std::time::Instant::now(),
+            Ok(OwnedFrame::SimpleString(_)) => taken = true,
+            Ok(OwnedFrame::Error(e)) if crate::auth::refused(&e) => {}
             Ok(f) => return Err(other(&format!("AUTH after RESET answered {f:?}"))),
             Err(e) => return Err(other(&e)),
         }
+    }
+    if !taken {
+        return Err(other(&"every password was refused after RESET"));
+    }
+    if !creds.is_empty() {
+        s.authed = std::time::Instant::now();
     }
     if !buf.is_empty() {
         return Err(other(&"unexpected bytes after RESET"));
