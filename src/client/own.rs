@@ -388,7 +388,8 @@ async fn send_requests(
                 }
                 // The server answered the tunnel's AUTH: when to authenticate next.
                 () = link.reauth_answered.notified() => {
-                    session.answers(link, &requests);
+                    let answers = lock(&link.state).reauth_answers;
+                    session.answers(link, &requests, answers);
                     continue;
                 }
                 // A reload: its credentials, and its `reauth_after`, apply to idle clients too.
@@ -475,16 +476,17 @@ impl SessionAuth {
     /// (new credentials, a new `reauth_after`), a refreshed token or the other password of a
     /// rotation (what a RESET is followed by).
     fn sync(&mut self, link: &Link, handle: &mut Handle, requests: &mut Requests) {
-        let (lost, (answered, refused), authed) = {
+        // One lock per client read: this runs on every one.
+        let (lost, (answered, refused), reauths, authed) = {
             let s = lock(&link.state);
-            (s.reply_lost, s.multi_answers, s.authed)
+            (s.reply_lost, s.multi_answers, s.reauth_answers, s.authed)
         };
         if lost != self.lost {
             self.lost = lost;
             requests.set_unsynced();
         }
         requests.multi_answers(answered, refused);
-        self.answers(link, requests);
+        self.answers(link, requests, reauths);
         if handle.has_changed().unwrap_or(false) {
             self.reloaded(handle, authed);
         }
@@ -504,8 +506,7 @@ impl SessionAuth {
     /// The server answered the tunnel's AUTHs: once none is on its way, an accepted one sets
     /// the next re-AUTH a `reauth_after` on, a refused one (a token that expired behind a
     /// blocking command) is tried again soon with a fresh token.
-    fn answers(&mut self, link: &Link, requests: &Requests) {
-        let (answered, refused) = lock(&link.state).reauth_answers;
+    fn answers(&mut self, link: &Link, requests: &Requests, (answered, refused): (u64, bool)) {
         if answered == self.answered {
             return;
         }
