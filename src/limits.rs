@@ -138,6 +138,10 @@ pub const IAM_TOKEN_LIFETIME: Duration = Duration::from_secs(900);
 /// the network, and a dial waiting on a token must fail with a reason rather than hang.
 pub const CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// An IAM session due to authenticate again while no valid token is at hand looks again this
-/// often (the token's signer retries meanwhile; the server's cut is an hour away by default).
+/// An IAM session due to authenticate again while no valid token is at hand, or whose re-AUTH
+/// the server refused (a token that expired behind a blocking command), tries again after this;
+/// after each further refusal twice as long, up to [`REAUTH_RETRY_MAX`] (a token the server
+/// keeps refusing must not become an AUTH every 2 s per session). The server's cut is an hour
+/// away by default.
 pub const REAUTH_RETRY: Duration = Duration::from_secs(2);
+pub const REAUTH_RETRY_MAX: Duration = Duration::from_secs(300);

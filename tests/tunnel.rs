@@ -391,3 +391,35 @@ async fn shutdown_finishes_as_soon_as_the_last_session_leaves() {
         .expect("waited for the grace")
         .unwrap();
 }
+
+/// A client that writes thousands of transactions before reading a reply is served as Redis
+/// serves it: the tunnel keeps reading it (its reply bookkeeping does not grow per transaction).
+#[tokio::test]
+async fn pipelined_transactions_sent_before_any_read_complete() {
+    let (_pki, _redis, tunnel) = plain_tunnel("").await;
+    let mut c = connect(tunnel.addr()).await;
+    // Long requests: more than the sockets hold, so the writes wait on the tunnel reading.
+    let (key, value) = ("k".repeat(1000), "v".repeat(1000));
+    assert_eq!(
+        roundtrip(&mut c, &cmd(&["SET", &key, &value])).await,
+        "+OK\r\n"
+    );
+    let n = 20_000;
+    let one = [cmd(&["MULTI"]), cmd(&["GET", &key]), cmd(&["EXEC"])].concat();
+    let reply = format!("+OK\r\n+QUEUED\r\n*1\r\n$1000\r\n{value}\r\n");
+    let (mut rd, mut wr) = c.split();
+    let all = one.repeat(n);
+    let done = async {
+        // All of it written before anything is read, as a client that pipelines blindly does.
+        wr.write_all(&all).await.unwrap();
+        let mut got = vec![0u8; reply.len() * n];
+        tokio::io::AsyncReadExt::read_exact(&mut rd, &mut got)
+            .await
+            .unwrap();
+        got
+    };
+    let got = tokio::time::timeout(WAIT, done)
+        .await
+        .expect("the pipeline hung");
+    assert!(got.chunks(reply.len()).all(|r| r == reply.as_bytes()));
+}

@@ -241,11 +241,13 @@ impl Auth {
         let token = old_state.borrow().valid().cloned();
         if let (true, Some(token)) = (same, token) {
             let seeded = state.send_if_modified(|s| {
-                // Unless the new signer has a token already (a first failure keeps its error).
+                // Unless the new signer has a token already. A first failure's error goes: the
+                // signer warns at the next one, while this token lasts.
                 let empty = s.valid().is_none();
                 if empty {
                     s.token = Some(token);
                     s.tried = true;
+                    s.error = None;
                 }
                 empty
             });

@@ -22,11 +22,11 @@ use tokio_util::sync::CancellationToken;
 use super::activity::Activity;
 use super::{expired, linger, raw, read_or_eof, refuse};
 use crate::config::Protocol;
-use crate::limits::{MAX_FIFO_ENTRIES, READ_BUF, REAUTH_RETRY};
+use crate::limits::{MAX_FIFO_ENTRIES, READ_BUF, REAUTH_RETRY, REAUTH_RETRY_MAX};
 use crate::listener::Handle;
 use crate::lock;
 use crate::ops::metrics::{Limit, ListenerMetrics};
-use crate::proto::engine::{Entry, Fifo, Op, Reauth, Replies, Requests};
+use crate::proto::engine::{Entry, Fifo, Op, Reauth, Replies, ReplyProgress, Requests};
 use crate::upstream::Truth;
 use crate::upstream::conn::{At, Conn};
 
@@ -180,8 +180,9 @@ struct Link {
     /// The session must authenticate again and cannot (it is opaque): the reply side tells the
     /// client why and ends it at the next frame boundary.
     reauth_cut: AtomicBool,
-    /// The server answered an AUTH the tunnel sent ([`LinkState::reauth_answers`]).
-    reauth_answered: Notify,
+    /// The server answered an AUTH the tunnel sent or a MULTI ([`LinkState::reauth_answers`],
+    /// [`LinkState::multi_answers`]): what the request side may send next can change.
+    answered: Notify,
 }
 
 struct LinkState {
@@ -195,7 +196,7 @@ struct LinkState {
     /// When the session last authenticated (or sent its re-AUTH).
     authed: Instant,
     /// [`Replies::multi_answers`]: a refused MULTI opened no transaction.
-    multi_answers: (u64, bool),
+    multi_answers: (u64, u64),
     /// [`Replies::reauth_answers`].
     reauth_answers: (u64, bool),
 }
@@ -209,7 +210,7 @@ impl Link {
                 reply_synced: true,
                 reply_lost: 0,
                 authed,
-                multi_answers: (0, false),
+                multi_answers: (0, 0),
                 reauth_answers: (0, false),
             }),
             room: Notify::new(),
@@ -218,7 +219,7 @@ impl Link {
             ended: CancellationToken::new(),
             held: AtomicBool::new(false),
             reauth_cut: AtomicBool::new(false),
-            reauth_answered: Notify::new(),
+            answered: Notify::new(),
         }
     }
 
@@ -230,7 +231,7 @@ impl Link {
         let wake = entries.iter().any(|e| {
             !matches!(
                 e,
-                Entry::Client(_) | Entry::Swallow(_) | Entry::Multi | Entry::Reauth
+                Entry::Client(_) | Entry::Swallow(_) | Entry::Multi | Entry::Reauth { .. }
             )
         });
         lock(&self.state).fifo.extend(entries.drain(..));
@@ -383,13 +384,19 @@ async fn send_requests(
                 _ = link.ended.cancelled() => return Ok((total, up)),
                 () = sleep_until_some(session.due) => {
                     session.sync(link, &mut handle, &mut requests);
-                    total += session.reauth(link, &mut requests, &mut up, &m).await?;
+                    // Unless an answer that just came set a later time.
+                    if session.due.is_none_or(|due| due <= Instant::now()) {
+                        total += session.reauth(link, &mut requests, &mut up, &m).await?;
+                    }
                     continue;
                 }
-                // The server answered the tunnel's AUTH: when to authenticate next.
-                () = link.reauth_answered.notified() => {
-                    let answers = lock(&link.state).reauth_answers;
-                    session.answers(link, &requests, answers);
+                // The server answered the tunnel's AUTH (when to authenticate next) or a MULTI
+                // (a refused one opened no transaction): a re-AUTH held back may go now.
+                () = link.answered.notified() => {
+                    session.sync(link, &mut handle, &mut requests);
+                    if session.waiting(link, &requests) {
+                        total += session.reauth(link, &mut requests, &mut up, &m).await?;
+                    }
                     continue;
                 }
                 // A reload: its credentials, and its `reauth_after`, apply to idle clients too.
@@ -454,6 +461,8 @@ struct SessionAuth {
     lost: u64,
     /// The tunnel's AUTHs answered, as last seen.
     answered: u64,
+    /// How long after a refused re-AUTH to try again: doubles while refused.
+    retry: std::time::Duration,
     listener_alive: bool,
 }
 
@@ -468,6 +477,7 @@ impl SessionAuth {
             seen: u64::MAX,
             lost: 0,
             answered: 0,
+            retry: REAUTH_RETRY,
             listener_alive: true,
         }
     }
@@ -477,7 +487,7 @@ impl SessionAuth {
     /// rotation (what a RESET is followed by).
     fn sync(&mut self, link: &Link, handle: &mut Handle, requests: &mut Requests) {
         // One lock per client read: this runs on every one.
-        let (lost, (answered, refused), reauths, authed) = {
+        let (lost, (answered, accepted), reauths, authed) = {
             let s = lock(&link.state);
             (s.reply_lost, s.multi_answers, s.reauth_answers, s.authed)
         };
@@ -485,7 +495,7 @@ impl SessionAuth {
             self.lost = lost;
             requests.set_unsynced();
         }
-        requests.multi_answers(answered, refused);
+        requests.multi_answers(answered, accepted);
         self.answers(link, requests, reauths);
         if handle.has_changed().unwrap_or(false) {
             self.reloaded(handle, authed);
@@ -519,10 +529,12 @@ impl SessionAuth {
         }
         let now = Instant::now();
         if refused {
-            self.due = Some(now + REAUTH_RETRY);
+            self.due = Some(now + self.retry);
+            self.retry = (self.retry * 2).min(REAUTH_RETRY_MAX);
         } else {
             lock(&link.state).authed = now;
             self.due = Some(now + every);
+            self.retry = REAUTH_RETRY;
         }
     }
 
@@ -633,7 +645,8 @@ async fn send_replies(
         ops: Vec::new(),
         total: 0,
         draining: false,
-        refusals: 0,
+        auth_refused: false,
+        listener_alive: true,
         first,
         activity,
     };
@@ -672,8 +685,10 @@ struct ReplySide<'a, 'c> {
     total: u64,
     /// The node moved: end at the next reply boundary.
     draining: bool,
-    /// AUTHs the server refused since it last accepted one (a rotation's RESET sends each).
-    refusals: usize,
+    /// The server refused the tunnel's last AUTH group (warned about once).
+    auth_refused: bool,
+    /// The listener's handle still has a sender (a reload may remove the listener).
+    listener_alive: bool,
     first: Option<Instant>,
     activity: &'a Activity,
 }
@@ -685,7 +700,12 @@ impl ReplySide<'_, '_> {
             r = self.up.read_buf(&mut self.buf) => Wait::Read(r),
             _ = self.link.wake.notified() => Wait::Woken,
             _ = self.truth.changed(), if !self.draining => Wait::Truth,
-            _ = self.handle.changed(), if !self.draining => Wait::Truth,
+            // A listener removed by a reload drops its sender: `changed` fails at once from
+            // then on, and is not waited on again.
+            r = self.handle.changed(), if !self.draining && self.listener_alive => {
+                self.listener_alive = r.is_ok();
+                Wait::Truth
+            }
         };
         match wait {
             Wait::Read(r) => {
@@ -743,20 +763,16 @@ impl ReplySide<'_, '_> {
             s.reply_boundary = self.replies.at_boundary();
             s.reply_synced = self.replies.is_synced();
             s.reply_lost = self.replies.lost();
-            s.multi_answers = self.replies.multi_answers();
-            let answers = self.replies.reauth_answers();
-            if answers != s.reauth_answers {
-                s.reauth_answers = answers;
-                self.link.reauth_answered.notify_one();
+            let answers = (self.replies.multi_answers(), self.replies.reauth_answers());
+            if answers != (s.multi_answers, s.reauth_answers) {
+                (s.multi_answers, s.reauth_answers) = answers;
+                self.link.answered.notify_one();
             }
             p
         };
         self.link.room.notify_one();
-        if !progress.injected_errors.is_empty() {
-            self.injected_errors(&progress.injected_errors);
-        }
-        if progress.injected_ok > 0 {
-            self.refusals = 0;
+        if !progress.injected_errors.is_empty() || progress.reauths_refused > 0 {
+            self.injected_errors(&progress);
         }
         let buf = std::mem::take(&mut self.buf);
         let written = self.write(&buf).await?;
@@ -780,22 +796,21 @@ impl ReplySide<'_, '_> {
 
     /// During a rotation one of the two `AUTH`s after a RESET is refused by design; anything
     /// else the server refused of the tunnel's is news.
-    fn injected_errors(&mut self, errors: &[String]) {
-        let passwords = self.handle.borrow().auth.all().len();
-        for e in errors {
-            if passwords > 1 && crate::auth::refused(e) {
-                // Refusals since the last AUTH it accepted: all of them is news.
-                self.refusals += 1;
-                if self.refusals < passwords {
-                    tracing::debug!(listener = %self.name, "the server refused one of the rotation's passwords after a RESET: {e}");
-                    continue;
-                }
-                self.refusals = 0;
-                tracing::warn!(listener = %self.name, "the server refused every password of the rotation after a RESET: {e}");
+    fn injected_errors(&mut self, progress: &ReplyProgress) {
+        for e in &progress.injected_errors {
+            if crate::auth::refused(e) {
+                // Judged by its group below: one password of a rotation refused is expected.
+                tracing::debug!(listener = %self.name, "the server refused an AUTH the tunnel sent: {e}");
             } else {
-                tracing::warn!(listener = %self.name, "the server refused a command the tunnel sent for the client (a re-AUTH, or a replayed one): {e}");
+                tracing::warn!(listener = %self.name, "the server refused a command the tunnel sent for the client (a replayed one): {e}");
             }
         }
+        if progress.reauths_refused > 0 && !self.auth_refused {
+            // Once, until the server takes one again (the request side retries with backoff).
+            tracing::warn!(listener = %self.name, peer = %self.at.peer,
+                "the server refused the tunnel's AUTH on a client's session (every password, or the IAM token); the client's commands may get NOAUTH");
+        }
+        self.auth_refused = lock(&self.link.state).reauth_answers.1;
     }
 
     /// Ends a draining session once between replies, first telling a client whose session is

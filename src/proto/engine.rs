@@ -66,12 +66,14 @@ pub enum Entry {
     Hello { swallow: bool },
     /// The client's `RESET`: its reply, and the connection is back to RESP2.
     Reset,
-    /// The client's `MULTI` opening a transaction: its reply; an error means none was opened
-    /// (see [`Replies::multi_answers`]).
+    /// The client's `MULTI`: one reply of the client's, like `Client(1)` (it merges with its
+    /// neighbours, so pipelined transactions take no more room), whose answer is reported
+    /// ([`Replies::multi_answers`]): an error means it opened no transaction.
     Multi,
-    /// The tunnel's own `AUTH` (after a RESET, or before the IAM cut): swallowed, its answer
-    /// reported ([`Replies::reauth_answers`]).
-    Reauth,
+    /// One of the tunnel's own `AUTH`s (after a RESET, or before the IAM cut): swallowed; `last`
+    /// ends a group (a RESET sends one per password), whose outcome is reported
+    /// ([`Replies::reauth_answers`]).
+    Reauth { last: bool },
     /// A `(P|S)SUBSCRIBE` sent in RESP3: no reply, only pushes; done at its first confirmation
     /// push, or at the error reply it gets instead (an ACL refusing the channel). Had the
     /// connection stayed in RESP2, replies stop pairing here.
@@ -92,14 +94,48 @@ pub enum Entry {
     Abandoned,
 }
 
+/// How many replies an entry stands for.
+fn replies_of(e: &Entry) -> u64 {
+    match e {
+        Entry::Client(n) | Entry::Swallow(n) => *n,
+        Entry::Hello { .. } | Entry::Reset | Entry::Multi | Entry::Reauth { .. } => 1,
+        _ => 0,
+    }
+}
+
 /// The reply FIFO shared by both sides of a session.
 #[derive(Debug, Default)]
 pub struct Fifo {
     q: VecDeque<Entry>,
+    /// Replies queued and replies taken off so far, counted from the start of the session: a
+    /// `MULTI`'s reply is known by its number.
+    queued: u64,
+    taken: u64,
+    /// The numbers of the replies to `MULTI`s not yet answered (at most [`MAX_MULTI_TRACKED`]:
+    /// beyond, a MULTI's answer is not reported, and the request side stays careful).
+    multi_at: VecDeque<u64>,
 }
+
+/// `MULTI`s whose answers are awaited at once, per session (8 bytes each).
+const MAX_MULTI_TRACKED: usize = 65_536;
 
 impl Fifo {
     pub fn push(&mut self, e: Entry) {
+        if e == Entry::Multi {
+            self.queued += 1;
+            if self.multi_at.len() < MAX_MULTI_TRACKED {
+                self.multi_at.push_back(self.queued);
+            }
+            return self.insert(Entry::Client(1));
+        }
+        self.queued += replies_of(&e);
+        if e == Entry::Abandoned && matches!(self.q.back(), Some(Entry::Client(_))) {
+            self.queued -= 1;
+        }
+        self.insert(e);
+    }
+
+    fn insert(&mut self, e: Entry) {
         match (self.q.back_mut(), &e) {
             (Some(Entry::Client(n)), Entry::Client(m)) => *n += m,
             (Some(Entry::Swallow(n)), Entry::Swallow(m)) => *n += m,
@@ -124,14 +160,7 @@ impl Fifo {
 
     /// Replies still expected from the server.
     pub fn pending_replies(&self) -> u64 {
-        self.q
-            .iter()
-            .map(|e| match e {
-                Entry::Client(n) | Entry::Swallow(n) => *n,
-                Entry::Hello { .. } | Entry::Reset | Entry::Multi | Entry::Reauth => 1,
-                _ => 0,
-            })
-            .sum()
+        self.q.iter().map(replies_of).sum()
     }
 
     /// Entries queued; the request side stops reading from the client while there are too
@@ -151,8 +180,31 @@ impl Fifo {
             Some(_) => {
                 self.q.pop_front();
             }
-            None => {}
+            None => return,
         }
+        self.taken += 1;
+    }
+
+    /// The reply just taken answered a `MULTI`.
+    fn answered_multi(&mut self) -> bool {
+        let is = self.multi_at.front() == Some(&self.taken);
+        if is {
+            self.multi_at.pop_front();
+        }
+        is
+    }
+
+    /// Takes the head entry off without its reply (accounting lost): a `MULTI` among the
+    /// replies it stood for will not be answered; it counts as answered, and as opening.
+    fn drop_head(&mut self) -> (Option<Entry>, u64) {
+        let e = self.q.pop_front();
+        self.taken += e.as_ref().map_or(0, replies_of);
+        let mut multis = 0;
+        while self.multi_at.front().is_some_and(|at| *at <= self.taken) {
+            self.multi_at.pop_front();
+            multis += 1;
+        }
+        (e, multis)
     }
 }
 
@@ -198,9 +250,11 @@ pub struct Requests {
     /// A `MULTI` was sent and no `EXEC`, `DISCARD` or `RESET` since (nor did the server refuse
     /// it): a command injected now would be queued into the client's transaction.
     in_multi: bool,
-    /// Transaction-opening `MULTI`s sent ([`Entry::Multi`]).
+    /// `MULTI`s sent ([`Entry::Multi`]), and how many of them before the last `EXEC`,
+    /// `DISCARD` or `RESET`: a transaction is open only if one sent since was accepted.
     multis_sent: u64,
-    /// The tunnel's own AUTHs sent ([`Entry::Reauth`]).
+    multis_closed: u64,
+    /// Groups of the tunnel's own AUTHs sent ([`Entry::Reauth`]).
     reauths_sent: u64,
     /// The client sent an `AUTH` of its own to the server: the session is not the tunnel's to
     /// authenticate again, until a RESET.
@@ -224,6 +278,7 @@ impl Requests {
             authed: false,
             in_multi: false,
             multis_sent: 0,
+            multis_closed: 0,
             reauths_sent: 0,
             own_auth: false,
             policy,
@@ -247,12 +302,12 @@ impl Requests {
             return Reauth::NoCredentials;
         };
         ops.push(Op::Bytes(super::auth_command(creds)));
-        entries.push(Entry::Reauth);
+        entries.push(Entry::Reauth { last: true });
         self.reauths_sent += 1;
         Reauth::Sent
     }
 
-    /// The tunnel's own AUTHs sent so far (see [`Replies::reauth_answers`]).
+    /// Groups of the tunnel's own AUTHs sent so far (see [`Replies::reauth_answers`]).
     pub fn reauths_sent(&self) -> u64 {
         self.reauths_sent
     }
@@ -273,12 +328,19 @@ impl Requests {
         self.own_auth
     }
 
-    /// What the reply side knows of the `MULTI`s sent ([`Replies::multi_answers`]): when the
-    /// last one was refused and none is pending, no transaction is open.
-    pub fn multi_answers(&mut self, answered: u64, last_refused: bool) {
-        if self.in_multi && answered == self.multis_sent && last_refused {
+    /// What the reply side knows of the `MULTI`s sent ([`Replies::multi_answers`]): when all
+    /// are answered and none since the last `EXEC`, `DISCARD` or `RESET` was accepted, no
+    /// transaction is open (the server refused the `MULTI`: an ACL, its arity, NOAUTH).
+    pub fn multi_answers(&mut self, answered: u64, last_accepted: u64) {
+        if self.in_multi && answered == self.multis_sent && last_accepted <= self.multis_closed {
             self.in_multi = false;
         }
+    }
+
+    /// `EXEC`, `DISCARD` or `RESET`: whatever transaction there was is over.
+    fn close_multi(&mut self) {
+        self.in_multi = false;
+        self.multis_closed = self.multis_sent;
     }
 
     /// The credentials to re-send after a RESET, in order (they change on reload, with a new
@@ -435,7 +497,9 @@ impl Requests {
             _ if needs_auth && cmd != Cmd::Quit => Err(ScanError::InlineTooBig),
             _ if !self.synced => Ok(()),
             Cmd::Other | Cmd::EndMulti => {
-                self.in_multi &= cmd == Cmd::Other;
+                if cmd == Cmd::EndMulti {
+                    self.close_multi();
+                }
                 entries.push(Entry::Client(1));
                 Ok(())
             }
@@ -471,14 +535,15 @@ impl Requests {
     /// the client pipelined after it, and its reply is swallowed.
     fn after_reset(&mut self, ops: &mut Vec<Op>, entries: &mut Vec<Entry>) {
         self.authed = false;
-        self.in_multi = false;
+        self.close_multi();
         self.own_auth = false;
         self.version = RespVersion::V2;
-        for creds in &self.inject {
+        for (i, creds) in self.inject.iter().enumerate() {
             ops.push(Op::Bytes(super::auth_command(creds)));
-            entries.push(Entry::Reauth);
-            self.reauths_sent += 1;
+            let last = i + 1 == self.inject.len();
+            entries.push(Entry::Reauth { last });
         }
+        self.reauths_sent += u64::from(!self.inject.is_empty());
     }
 
     /// Notes the protocol a `HELLO <version>` will switch to if it succeeds.
@@ -527,13 +592,13 @@ impl Requests {
             return synth(entries, NOAUTH);
         }
         match cmd {
-            Cmd::Multi if !self.in_multi => {
+            Cmd::Multi => {
                 self.in_multi = true;
                 self.multis_sent += 1;
                 entries.push(Entry::Multi);
                 return forward(ops, r);
             }
-            Cmd::EndMulti => self.in_multi = false,
+            Cmd::EndMulti => self.close_multi(),
             Cmd::Auth if matches!(self.policy, ClientAuth::Passthrough) => self.own_auth = true,
             _ => {}
         }
@@ -720,8 +785,9 @@ pub struct ReplyProgress {
     pub close: bool,
     /// Error replies to injected commands (e.g. the re-AUTH after RESET was refused).
     pub injected_errors: Vec<String>,
-    /// Replies to injected commands that were not errors.
-    pub injected_ok: u32,
+    /// Groups of the tunnel's AUTHs of which the server accepted none (every password of a
+    /// rotation refused after a RESET).
+    pub reauths_refused: u32,
     /// The client got `-READONLY` or `-UNBLOCKED … (master -> replica?)`: this node was
     /// demoted under us.
     pub demoted: bool,
@@ -752,12 +818,14 @@ pub struct Replies {
     /// The start of the current frame, kept for swallowed replies, errors and `+RESET`.
     capture: Vec<u8>,
     capturing: bool,
-    /// Replies to transaction-opening `MULTI`s so far, and whether the last was refused.
+    /// `MULTI`s answered so far, and the number of the last one accepted.
     multis_answered: u64,
-    last_multi_refused: bool,
-    /// Replies to the tunnel's own AUTHs so far, and whether the last was refused.
+    last_multi_accepted: u64,
+    /// Groups of the tunnel's own AUTHs answered so far, whether the last was refused whole,
+    /// and whether the group being answered had one accepted.
     reauths_answered: u64,
     last_reauth_refused: bool,
+    group_accepted: bool,
 }
 
 impl Default for Replies {
@@ -778,22 +846,23 @@ impl Replies {
             capture: Vec::new(),
             capturing: false,
             multis_answered: 0,
-            last_multi_refused: false,
+            last_multi_accepted: 0,
             reauths_answered: 0,
             last_reauth_refused: false,
+            group_accepted: false,
         }
     }
 
-    /// How many of the tunnel's own AUTHs were answered, and whether the last was refused: with
-    /// [`Requests::reauths_sent`], whether one is still on its way, and how it went.
+    /// How many groups of the tunnel's own AUTHs were answered, and whether every AUTH of the
+    /// last was refused: with [`Requests::reauths_sent`], whether one is on its way, how it went.
     pub fn reauth_answers(&self) -> (u64, bool) {
         (self.reauths_answered, self.last_reauth_refused)
     }
 
-    /// How many transaction-opening `MULTI`s were answered, and whether the last one was
-    /// refused (wrong arity, an ACL, NOAUTH): the request side's [`Requests::multi_answers`].
-    pub fn multi_answers(&self) -> (u64, bool) {
-        (self.multis_answered, self.last_multi_refused)
+    /// How many `MULTI`s were answered, and the number of the last one accepted: the request
+    /// side's [`Requests::multi_answers`].
+    pub fn multi_answers(&self) -> (u64, u64) {
+        (self.multis_answered, self.last_multi_accepted)
     }
 
     /// Whether replies pair with requests.
@@ -893,9 +962,9 @@ impl Replies {
             // A subscribe's only reply is an error (its confirmations are pushes).
             Some(Entry::Client(_) | Entry::Subscribe3) => Owner::Client,
             Some(Entry::Swallow(_)) => Owner::Swallow,
-            Some(e @ (Entry::Hello { .. } | Entry::Reset | Entry::Multi | Entry::Reauth)) => {
+            Some(e @ (Entry::Hello { .. } | Entry::Reset | Entry::Reauth { .. })) => {
                 let o = match e {
-                    Entry::Hello { swallow: true } | Entry::Reauth => Owner::Swallow,
+                    Entry::Hello { swallow: true } | Entry::Reauth { .. } => Owner::Swallow,
                     _ => Owner::Client,
                 };
                 self.answering = Some(e.clone());
@@ -916,8 +985,14 @@ impl Replies {
         match owner {
             Owner::Client | Owner::Swallow => {
                 fifo.pop_reply();
+                if owner == Owner::Client && fifo.answered_multi() {
+                    self.multis_answered += 1;
+                    if !error {
+                        self.last_multi_accepted = self.multis_answered;
+                    }
+                }
                 if let Some(answered) = self.answering.take() {
-                    self.note_answer(&answered);
+                    self.note_answer(&answered, progress);
                 }
                 if owner == Owner::Client && error && demotion(&self.capture) {
                     progress.demoted = true;
@@ -926,8 +1001,6 @@ impl Replies {
                     let line = self.capture.split(|b| *b == b'\r').next().unwrap_or(&[]);
                     let text = String::from_utf8_lossy(&line[1..]);
                     progress.injected_errors.push(super::printable(&text));
-                } else if owner == Owner::Swallow {
-                    progress.injected_ok += 1;
                 }
             }
             Owner::Anyone => {
@@ -950,21 +1023,39 @@ impl Replies {
         }
     }
 
-    /// The reply to a HELLO or RESET tells which protocol the connection speaks now.
-    fn note_answer(&mut self, answered: &Entry) {
+    /// The reply to a HELLO or RESET tells which protocol the connection speaks now; the one
+    /// to the tunnel's AUTH, whether the session is authenticated.
+    fn note_answer(&mut self, answered: &Entry, progress: &mut ReplyProgress) {
         match (answered, self.capture.first()) {
             (Entry::Hello { .. }, Some(b'%')) => self.version = RespVersion::V3,
             (Entry::Hello { .. }, Some(b'*')) => self.version = RespVersion::V2,
             (Entry::Reset, Some(b'+')) => self.version = RespVersion::V2,
-            (Entry::Multi, first) => {
-                self.multis_answered += 1;
-                self.last_multi_refused = first == Some(&b'-');
-            }
-            (Entry::Reauth, first) => {
-                self.reauths_answered += 1;
-                self.last_reauth_refused = first == Some(&b'-');
+            (Entry::Reauth { last }, first) => {
+                self.group_accepted |= first != Some(&b'-');
+                if *last {
+                    self.reauths_answered += 1;
+                    self.last_reauth_refused = !self.group_accepted;
+                    progress.reauths_refused += u32::from(!self.group_accepted);
+                    self.group_accepted = false;
+                }
             }
             _ => {} // refused: nothing changed
+        }
+    }
+
+    /// Unsynced: the head entry goes without its reply. Whatever it stood for counts as
+    /// answered, carefully: a `MULTI` as accepted, the tunnel's AUTH as taken (an unsynced
+    /// session gets no AUTH of the tunnel's anyway; after a RESET the next one is counted).
+    fn dropped(&mut self, fifo: &mut Fifo) {
+        let (e, multis) = fifo.drop_head();
+        if multis > 0 {
+            self.multis_answered += multis;
+            self.last_multi_accepted = self.multis_answered;
+        }
+        if let Some(Entry::Reauth { last: true }) = e {
+            self.reauths_answered += 1;
+            self.last_reauth_refused = false;
+            self.group_accepted = false;
         }
     }
 
@@ -1019,10 +1110,9 @@ impl Replies {
                     Entry::Client(_)
                     | Entry::Swallow(_)
                     | Entry::Hello { .. }
-                    | Entry::Multi
-                    | Entry::Reauth,
+                    | Entry::Reauth { .. },
                 ) if self.mode == Mode::Unsynced => {
-                    fifo.q.pop_front();
+                    self.dropped(fifo);
                 }
                 _ => return false,
             }
@@ -1046,5 +1136,73 @@ mod tests {
             Entry::Swallow(1),
         ]);
         assert_eq!((f.len(), f.pending_replies()), (5, 6));
+    }
+
+    fn cmd(args: &[&str]) -> Vec<u8> {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+        }
+        out
+    }
+
+    /// Runs `requests` through a fresh engine and `replies` back; returns what a re-AUTH due
+    /// then would do.
+    fn reauth_after(requests: &[Vec<u8>], replies: &[u8]) -> Reauth {
+        let creds = Credentials {
+            username: Some("app".into()),
+            password: crate::config::Secret::new("token"),
+            file: None,
+        };
+        let mut rq = Requests::new(ClientAuth::Passthrough, Some(creds));
+        let (mut rp, mut fifo) = (Replies::new(), Fifo::default());
+        let (mut ops, mut entries) = (Vec::new(), Vec::new());
+        rq.process(&requests.concat(), &mut ops, &mut entries);
+        fifo.extend(entries.drain(..));
+        ops.clear();
+        rp.process(replies, &mut fifo, &mut ops);
+        let (answered, accepted) = rp.multi_answers();
+        rq.multi_answers(answered, accepted);
+        rq.reauth(&mut ops, &mut entries)
+    }
+
+    #[test]
+    fn a_transaction_is_open_until_exec_unless_every_multi_was_refused() {
+        let refused = "-ERR wrong number of arguments for 'multi' command\r\n";
+        // Refused: no transaction; the AUTH may go.
+        let r = reauth_after(&[cmd(&["MULTI", "x"])], refused.as_bytes());
+        assert_eq!(r, Reauth::Sent);
+        // Refused, then one the server took: a transaction is open.
+        let reqs = [
+            cmd(&["MULTI", "x"]),
+            cmd(&["MULTI"]),
+            cmd(&["SET", "a", "b"]),
+        ];
+        let replies = format!("{refused}+OK\r\n+QUEUED\r\n");
+        assert_eq!(reauth_after(&reqs, replies.as_bytes()), Reauth::Later);
+        // Not answered yet: careful.
+        assert_eq!(reauth_after(&[cmd(&["MULTI", "x"])], b""), Reauth::Later);
+        // Taken, then a nested one refused: still open; EXEC ends it.
+        let nested = "-ERR MULTI calls can not be nested\r\n";
+        let reqs = [cmd(&["MULTI"]), cmd(&["MULTI"])];
+        let replies = format!("+OK\r\n{nested}");
+        assert_eq!(reauth_after(&reqs, replies.as_bytes()), Reauth::Later);
+        let reqs = [cmd(&["MULTI"]), cmd(&["GET", "a"]), cmd(&["EXEC"])];
+        assert_eq!(
+            reauth_after(&reqs, b"+OK\r\n+QUEUED\r\n*1\r\n$-1\r\n"),
+            Reauth::Sent
+        );
+    }
+
+    /// Pipelined transactions take no more FIFO room than other commands: a client that sends
+    /// thousands before reading is not held back (a Multi entry merges like a Client one).
+    #[test]
+    fn pipelined_transactions_merge_in_the_fifo() {
+        let mut rq = Requests::new(ClientAuth::Passthrough, None);
+        let (mut fifo, mut ops, mut entries) = (Fifo::default(), Vec::new(), Vec::new());
+        let one = [cmd(&["MULTI"]), cmd(&["INCR", "k"]), cmd(&["EXEC"])].concat();
+        rq.process(&one.repeat(3000), &mut ops, &mut entries);
+        fifo.extend(entries.drain(..));
+        assert_eq!((fifo.len(), fifo.pending_replies()), (1, 9000));
     }
 }
