@@ -96,11 +96,10 @@ impl Auth {
             kind,
             version: AtomicU64::new(0),
         }));
-        if let Kind::Iam { settings, .. } = &auth.0.kind {
+        if let Kind::Iam { .. } = &auth.0.kind {
             let host = l.upstreams.first().map(|u| u.addr.host.clone());
             let signer = Signer {
                 auth: auth.clone(),
-                region: settings.region.clone(),
                 host: host.unwrap_or_default(),
                 metrics,
             };
@@ -188,11 +187,6 @@ impl Auth {
         }
     }
 
-    /// Several passwords are configured: a refused one is expected, not news.
-    pub fn rotating(&self) -> bool {
-        matches!(&self.0.kind, Kind::Passwords { list, .. } if list.len() > 1)
-    }
-
     /// Changes whenever [`Auth::current`] would give something else.
     pub fn version(&self) -> u64 {
         self.0.version.load(Ordering::Acquire)
@@ -202,17 +196,6 @@ impl Auth {
     pub fn reauth_after(&self) -> Option<Duration> {
         match &self.0.kind {
             Kind::Iam { settings, .. } => Some(settings.reauth_after),
-            _ => None,
-        }
-    }
-
-    /// With IAM: the current token's identity and expiry, for `check --connect`.
-    pub fn token(&self) -> Option<(String, SystemTime)> {
-        match &self.0.kind {
-            Kind::Iam { state, .. } => {
-                let s = state.borrow();
-                s.valid().map(|t| (t.identity.clone(), t.expires))
-            }
             _ => None,
         }
     }
@@ -330,7 +313,7 @@ fn ordered<'a>(
 /// nothing.
 struct Signer {
     auth: Auth,
-    region: Option<String>,
+    /// The upstream's name, which may say the region.
     host: String,
     metrics: ListenerMetrics,
 }
@@ -388,7 +371,7 @@ impl Signer {
     }
 
     async fn sign(&self, settings: &IamAuth) -> Result<Token, IamError> {
-        let region = match self
+        let region = match settings
             .region
             .clone()
             .or_else(|| iam::region_from_endpoint(&self.host))
