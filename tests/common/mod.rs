@@ -74,22 +74,7 @@ impl Redis {
 
     /// Like [`Redis::start`], on `port` when given (for a restart on the same address).
     pub fn start_on(pki: &Pki, port: Option<u16>, extra: &[&str]) -> Redis {
-        Self::launch(port, extra, "with TLS", |port| {
-            let port = port.to_string();
-            let mut args: Vec<std::ffi::OsString> = ["--port", "0", "--tls-port", &port]
-                .into_iter()
-                .map(Into::into)
-                .collect();
-            for (flag, file) in [
-                ("--tls-cert-file", &pki.cert),
-                ("--tls-key-file", &pki.key),
-                ("--tls-ca-cert-file", &pki.ca),
-            ] {
-                args.extend([flag.into(), file.into()]);
-            }
-            args.extend(["--tls-auth-clients".into(), "no".into()]);
-            args
-        })
+        Self::launch(port, extra, "with TLS", |port| tls_listen(pki, port))
     }
 
     /// A redis-server that speaks plain TCP only: what an endpoint with in-transit encryption
@@ -101,7 +86,8 @@ impl Redis {
     }
 
     /// Starts redis-server on 127.0.0.1 with `listen(port)` as its port arguments. Waits for
-    /// the server's own "Ready to accept connections" line, not for a timer.
+    /// the server's own "Ready to accept connections" line, not for a timer; a server that has
+    /// not said it within [`WAIT`] is killed and the start tried again.
     fn launch(
         port: Option<u16>,
         extra: &[&str],
@@ -126,6 +112,17 @@ impl Redis {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("redis-server must be installed (scripts/test installs it)");
+            // Bounds the wait for the line below: the kill ends the server's output.
+            let (started, watch) = std::sync::mpsc::channel::<()>();
+            let pid = child.id();
+            std::thread::spawn(move || {
+                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = watch.recv_timeout(WAIT) {
+                    // Not yet waited for, so the pid is still this server's.
+                    let _ = Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status();
+                }
+            });
             let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
             let mut ready = false;
             for line in lines.by_ref() {
@@ -137,6 +134,7 @@ impl Redis {
                 log.push_str(&line);
                 log.push('\n');
             }
+            drop(started);
             if ready {
                 // Keep draining the log so the server never blocks on a full pipe.
                 std::thread::spawn(move || for _ in lines {});
@@ -182,6 +180,24 @@ impl Redis {
     pub fn thaw(&self) {
         signal_pid(self.child.id(), "CONT");
     }
+}
+
+/// The arguments of a server listening for TLS only, on `port`, with `pki`'s certificate.
+fn tls_listen(pki: &Pki, port: u16) -> Vec<std::ffi::OsString> {
+    let port = port.to_string();
+    let mut args: Vec<std::ffi::OsString> = ["--port", "0", "--tls-port", &port]
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    for (flag, file) in [
+        ("--tls-cert-file", &pki.cert),
+        ("--tls-key-file", &pki.key),
+        ("--tls-ca-cert-file", &pki.ca),
+    ] {
+        args.extend([flag.into(), file.into()]);
+    }
+    args.extend(["--tls-auth-clients".into(), "no".into()]);
+    args
 }
 
 fn signal_pid(pid: u32, sig: &str) {
