@@ -1,7 +1,9 @@
 //! Test harness: certificates made at test time, a real TLS `redis-server` on an ephemeral
-//! loopback port, the tunnel in-process or as the built binary, and byte-exact RESP reading.
+//! loopback port (or a whole TLS Redis Cluster, in [`cluster`]), the tunnel in-process or as the
+//! built binary, and byte-exact RESP reading.
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod cluster;
 pub mod fault;
 
 use std::io::{BufRead, BufReader};
