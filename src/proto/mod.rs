@@ -1,11 +1,13 @@
 //! RESP, pure: no I/O here. The streaming scanner ([`scan`]), what a request is and which
 //! commands may be shared ([`command`]), the session engine ([`engine`]), what of a client's
 //! input may go over a shared session ([`share`]), an in-memory driver for tests and benches
-//! ([`memory`]); and here, encoding the tunnel's own commands (AUTH, HELLO, ROLE, PING, RESET).
+//! ([`memory`]), cluster node addresses in replies rewritten to local listeners ([`rewrite`]);
+//! and here, encoding the tunnel's own commands (AUTH, HELLO, ROLE, PING, RESET).
 
 pub mod command;
 pub mod engine;
 pub mod memory;
+pub mod rewrite;
 pub mod scan;
 pub mod share;
 
