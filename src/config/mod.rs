@@ -21,6 +21,7 @@ use rustls_pki_types::ServerName;
 
 pub use auth::{DEFAULT_IAM_REAUTH, DEFAULT_IAM_REFRESH};
 pub use secret::Secret;
+pub(crate) use validate::server_name_for;
 
 use raw::*;
 use validate::{Source, unspanned, validate};
@@ -57,6 +58,10 @@ pub struct ListenerConfig {
     pub upstreams: Vec<Upstream>,
     /// Which node may serve: checked on each new session (HELLO's role, or ROLE).
     pub role: Role,
+    /// Whether the upstream is a cluster whose node addresses are rewritten to local ones.
+    pub cluster: ClusterMode,
+    /// The local ports node listeners take (on the IP of `listen`); `None`: ephemeral ports.
+    pub cluster_ports: Option<std::ops::RangeInclusive<u16>>,
     pub pool: PoolConfig,
     pub tls: Arc<ClientConfig>,
     pub insecure_skip_verify: bool,
@@ -94,6 +99,26 @@ pub struct Upstream {
     pub addr: UpstreamAddr,
     /// Sent as SNI and verified against the certificate.
     pub server_name: ServerName<'static>,
+}
+
+/// `cluster`: whether node addresses in replies are rewritten to node listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClusterMode {
+    /// As the server says when a session is made (`HELLO`'s `mode`).
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl fmt::Display for ClusterMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ClusterMode::Auto => "auto",
+            ClusterMode::On => "on",
+            ClusterMode::Off => "off",
+        })
+    }
 }
 
 /// `role`: which kind of node a session may be made to.
@@ -422,6 +447,8 @@ impl Config {
                 listen: unspanned(args.listen.clone()),
                 upstream: unspanned(RawUpstreams::One(args.upstream.clone())),
                 role: None,
+                cluster: None,
+                cluster_ports: None,
                 pool: None,
                 tls: None,
                 auth: None,

@@ -114,6 +114,8 @@ pub(super) struct RawListener {
     pub(super) listen: Spanned<String>,
     pub(super) upstream: Spanned<RawUpstreams>,
     pub(super) role: Option<Spanned<String>>,
+    pub(super) cluster: Option<Spanned<String>>,
+    pub(super) cluster_ports: Option<Spanned<String>>,
     pub(super) pool: Option<RawPool>,
     pub(super) tls: Option<RawTls>,
     pub(super) auth: Option<Spanned<RawAuth>>,

@@ -2,7 +2,7 @@
 //! secrets resolved, each error naming file, line and key.
 
 use std::net::{IpAddr, SocketAddr};
-use std::ops::Range;
+use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use toml::Spanned;
 use super::auth::{client_credentials, upstream_auth};
 use super::raw::*;
 use super::{
-    ClientAuth, Config, ConfigError, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CLIENTS,
+    ClientAuth, ClusterMode, Config, ConfigError, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CLIENTS,
     DEFAULT_MAX_SESSIONS, DEFAULT_SHUTDOWN_GRACE, DEFAULT_TCP_KEEPALIVE, ListenerConfig,
     PoolConfig, Protocol, Role, Upstream, UpstreamAddr, UpstreamAuth,
 };
@@ -142,6 +142,8 @@ pub(super) const STRING_KEYS: &[&str] = &[
     "listen",
     "upstream",
     "role",
+    "cluster",
+    "cluster_ports",
     "protocol",
     "mode",
     "ca_file",
@@ -484,12 +486,15 @@ fn listener(
         ));
     }
     check_exposure(l, listen, &client_auth, auth.is_some(), src)?;
+    let (cluster, cluster_ports) = cluster_settings(l, spanned, protocol, listen, before, src)?;
     let (max_clients, max_sessions, client_idle_timeout) = caps(l, defaults, &pool, src)?;
     Ok(ListenerConfig {
         name,
         listen,
         upstreams,
         role,
+        cluster,
+        cluster_ports,
         pool,
         tls,
         insecure_skip_verify: insecure,
@@ -503,6 +508,89 @@ fn listener(
         max_sessions,
         client_idle_timeout,
     })
+}
+
+/// `cluster` and `cluster_ports`. A raw pipe cannot rewrite addresses, so `"auto"` means off
+/// there and `"on"` is refused; node ports must not take a listener's port or another
+/// listener's node ports.
+fn cluster_settings(
+    l: &RawListener,
+    spanned: &Spanned<RawListener>,
+    protocol: Protocol,
+    listen: SocketAddr,
+    before: &[ListenerConfig],
+    src: &Source<'_>,
+) -> Result<(ClusterMode, Option<RangeInclusive<u16>>), ConfigError> {
+    let mut mode = one_of(
+        l.cluster.as_ref(),
+        "listener.cluster",
+        "a cluster mode",
+        &[
+            ("auto", ClusterMode::Auto),
+            ("on", ClusterMode::On),
+            ("off", ClusterMode::Off),
+        ],
+        src,
+    )?;
+    let span = |v: Option<&Spanned<String>>| v.map_or(spanned.span(), Spanned::span);
+    if protocol == Protocol::Raw {
+        if mode == ClusterMode::On {
+            let message = "cluster mode rewrites node addresses in replies, which protocol = \"raw\" does not read; use protocol = \"resp\"";
+            return Err(src.invalid(&span(l.cluster.as_ref()), "listener.cluster", message));
+        }
+        mode = ClusterMode::Off;
+    }
+    let Some(written) = &l.cluster_ports else {
+        return Ok((mode, None));
+    };
+    let key = "listener.cluster_ports";
+    if mode == ClusterMode::Off {
+        let message =
+            "node ports need cluster mode; remove cluster_ports or set cluster = \"auto\"";
+        return Err(src.invalid(&written.span(), key, message));
+    }
+    let range = port_range(written.get_ref()).ok_or_else(|| {
+        src.invalid(
+            &written.span(),
+            key,
+            format!(
+                "`{}` is not a port range; write \"LOW-HIGH\", e.g. \"7000-7099\"",
+                written.get_ref()
+            ),
+        )
+    })?;
+    let clash = |what: String| src.invalid(&written.span(), key, what);
+    if range.contains(&listen.port()) {
+        return Err(clash(format!(
+            "the range includes this listener's own port {}",
+            listen.port()
+        )));
+    }
+    for o in before.iter().filter(|o| o.listen.ip() == listen.ip()) {
+        if range.contains(&o.listen.port()) {
+            return Err(clash(format!(
+                "the range includes the port of listener `{}`",
+                o.name
+            )));
+        }
+        if let Some(r) = &o.cluster_ports
+            && r.start() <= range.end()
+            && range.start() <= r.end()
+        {
+            return Err(clash(format!(
+                "the range overlaps the cluster_ports of listener `{}`",
+                o.name
+            )));
+        }
+    }
+    Ok((mode, Some(range)))
+}
+
+/// `"LOW-HIGH"`, inclusive, no port 0.
+fn port_range(s: &str) -> Option<RangeInclusive<u16>> {
+    let (low, high) = s.split_once('-')?;
+    let (low, high): (u16, u16) = (low.trim().parse().ok()?, high.trim().parse().ok()?);
+    (low > 0 && low <= high).then_some(low..=high)
 }
 
 /// `max_clients`, `max_sessions` and `client_idle_timeout`: the listener's own, else the
@@ -856,7 +944,7 @@ fn pool_settings(
     Ok(p)
 }
 
-fn server_name_for(host: &str) -> Option<ServerName<'static>> {
+pub(crate) fn server_name_for(host: &str) -> Option<ServerName<'static>> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Some(ServerName::IpAddress(ip.into()));
     }
