@@ -26,6 +26,12 @@ pub const UNAUTHENTICATED_BULK: u64 = 16 * 1024;
 /// Longest reply to one of the tunnel's own commands (AUTH, HELLO, ROLE, PING, RESET).
 pub const MAX_OWN_REPLY: usize = 64 * 1024;
 
+/// Longest cluster topology reply (`CLUSTER SHARDS|SLOTS|NODES|REPLICAS`) held whole to rewrite
+/// its addresses, the tunnel's own or a client's: a 1,000-node cluster's `CLUSTER NODES` with
+/// fragmented slot ranges stays well below it. A longer one reaches the client as an error
+/// rather than with addresses it cannot use.
+pub const MAX_TOPOLOGY_REPLY: usize = 8 * 1024 * 1024;
+
 /// Deepest aggregate nesting accepted in a reply (Redis nests a handful of levels).
 pub const MAX_REPLY_DEPTH: usize = 512;
 
@@ -33,6 +39,21 @@ pub const MAX_REPLY_DEPTH: usize = 512;
 /// refusal of an injected command, to log; `-READONLY` / `-UNBLOCKED … master -> replica`, to
 /// see a demotion) or a push's kind, and never more, whatever the reply's length.
 pub const REPLY_HEAD: usize = 256;
+
+// ---- Cluster mode -----------------------------------------------------------------------------
+
+/// How often the topology is read when nothing prompts it (a `-MOVED`, an unknown node does):
+/// it only adds node listeners ahead of need and retires those of removed nodes, since
+/// rewriting itself never depends on it.
+pub const TOPOLOGY_REFRESH: Duration = Duration::from_secs(30);
+
+/// The least time between two topology reads, so a storm of `-MOVED` during a resharding costs
+/// one read a second at most.
+pub const TOPOLOGY_MIN_GAP: Duration = Duration::from_secs(1);
+
+/// Topology reads in a row that must leave a node out before its listener is closed (a node
+/// just added may answer a `-MOVED` before every node lists it).
+pub const NODE_ABSENT_READS: u32 = 3;
 
 // ---- A client on a session of its own --------------------------------------------------------
 

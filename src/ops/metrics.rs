@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -12,32 +12,55 @@ use prometheus_client::registry::Registry;
 
 use crate::upstream::Stage;
 
+/// Which listener, and for a cluster's node listener which node (`node` is left out of the
+/// labels of an ordinary listener rather than printed empty).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Who {
+    listener: String,
+    node: Option<String>,
+}
+
+impl EncodeLabelSet for Who {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        ("listener", self.listener.as_str()).encode(encoder.encode_label())?;
+        match &self.node {
+            Some(node) => ("node", node.as_str()).encode(encoder.encode_label()),
+            None => Ok(()),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabel {
-    listener: String,
+    #[prometheus(flatten)]
+    who: Who,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DialLabels {
-    listener: String,
+    #[prometheus(flatten)]
+    who: Who,
     result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BytesLabels {
-    listener: String,
+    #[prometheus(flatten)]
+    who: Who,
     direction: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CertLabels {
-    listener: String,
+    #[prometheus(flatten)]
+    who: Who,
     upstream: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LimitLabels {
-    listener: String,
+    #[prometheus(flatten)]
+    who: Who,
     limit: &'static str,
 }
 
@@ -215,13 +238,26 @@ impl Metrics {
 
     /// Handles for one listener, resolved once.
     pub fn listener(self: &Arc<Self>, name: &str) -> ListenerMetrics {
-        let l = ListenerLabel {
+        self.labelled(Who {
             listener: name.to_owned(),
-        };
+            node: None,
+        })
+    }
+
+    /// Handles for the node listener of cluster node `node` (`host:port`) behind `listener`.
+    pub fn node(self: &Arc<Self>, listener: &str, node: &str) -> ListenerMetrics {
+        self.labelled(Who {
+            listener: listener.to_owned(),
+            node: Some(node.to_owned()),
+        })
+    }
+
+    fn labelled(self: &Arc<Self>, who: Who) -> ListenerMetrics {
+        let l = ListenerLabel { who: who.clone() };
         let bytes = |direction| {
             self.bytes
                 .get_or_create(&BytesLabels {
-                    listener: name.to_owned(),
+                    who: who.clone(),
                     direction,
                 })
                 .clone()
@@ -229,11 +265,11 @@ impl Metrics {
         // `result="ok"` exists at 0 as soon as the listener does, so "failed dials and no ok
         // dial" is computable (and alertable) for an upstream that was never reachable.
         self.dials.get_or_create_owned(&DialLabels {
-            listener: name.to_owned(),
+            who: who.clone(),
             result: "ok",
         });
         ListenerMetrics {
-            name: name.to_owned(),
+            who: who.clone(),
             clients_open: self.clients_open.get_or_create(&l).clone(),
             clients: self.clients.get_or_create(&l).clone(),
             upstream_open: self.upstream_open.get_or_create(&l).clone(),
@@ -260,7 +296,7 @@ impl Metrics {
 /// One listener's metrics.
 #[derive(Clone)]
 pub struct ListenerMetrics {
-    name: String,
+    who: Who,
     pub clients_open: Gauge,
     pub clients: Counter,
     pub upstream_open: Gauge,
@@ -308,7 +344,7 @@ impl ListenerMetrics {
     /// Counts an IAM signing by its result.
     pub fn iam_token(&self, result: &'static str) {
         let labels = DialLabels {
-            listener: self.name.clone(),
+            who: self.who.clone(),
             result,
         };
         self.all.iam_tokens.get_or_create(&labels).inc();
@@ -317,7 +353,7 @@ impl ListenerMetrics {
     /// When the next IAM token is due.
     pub fn iam_next_refresh(&self, unix: f64) {
         let labels = ListenerLabel {
-            listener: self.name.clone(),
+            who: self.who.clone(),
         };
         self.all.iam_next_refresh.get_or_create(&labels).set(unix);
     }
@@ -331,7 +367,7 @@ impl ListenerMetrics {
         self.all
             .dials
             .get_or_create(&DialLabels {
-                listener: self.name.clone(),
+                who: self.who.clone(),
                 result,
             })
             .inc();
@@ -341,7 +377,7 @@ impl ListenerMetrics {
         self.all
             .cert_expiry
             .get_or_create(&CertLabels {
-                listener: self.name.clone(),
+                who: self.who.clone(),
                 upstream: upstream.to_owned(),
             })
             .set(not_after_unix);
@@ -374,7 +410,7 @@ impl ListenerMetrics {
 
     fn limit(&self, limit: &'static str) -> LimitLabels {
         LimitLabels {
-            listener: self.name.clone(),
+            who: self.who.clone(),
             limit,
         }
     }

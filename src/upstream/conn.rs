@@ -60,6 +60,8 @@ pub struct At {
     pub role: Option<NodeRole>,
     /// The node authority's generation when the session was made.
     pub born: u64,
+    /// The server said it runs in cluster mode (`HELLO`'s `mode`).
+    pub cluster: bool,
 }
 
 /// A node's replication role.
@@ -100,13 +102,20 @@ pub fn admits(role: Role, reported: Option<NodeRole>) -> bool {
 
 /// The `role` of a `HELLO` reply (RESP2: a flat array of keys and values).
 pub fn hello_role(reply: &OwnedFrame) -> Option<NodeRole> {
+    hello_field(reply, b"role").and_then(NodeRole::from_word)
+}
+
+/// Whether a `HELLO` reply says `mode` `cluster`.
+pub fn hello_cluster(reply: &OwnedFrame) -> bool {
+    hello_field(reply, b"mode") == Some(b"cluster")
+}
+
+fn hello_field<'a>(reply: &'a OwnedFrame, key: &[u8]) -> Option<&'a [u8]> {
     let OwnedFrame::Array(items) = reply else {
         return None;
     };
     items.chunks(2).find_map(|kv| match kv {
-        [OwnedFrame::BulkString(k), OwnedFrame::BulkString(v)] if k == b"role" => {
-            NodeRole::from_word(v)
-        }
+        [OwnedFrame::BulkString(k), OwnedFrame::BulkString(v)] if k == key => Some(&v[..]),
         _ => None,
     })
 }
@@ -142,6 +151,15 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut BytesMut,
 ) -> Result<OwnedFrame, ReplyError> {
+    read_frame_max(r, buf, MAX_REPLY).await
+}
+
+/// [`read_frame`] for a reply up to `max` bytes long (a cluster's topology).
+pub async fn read_frame_max<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<OwnedFrame, ReplyError> {
     loop {
         match redis_protocol::resp2::decode::decode(buf) {
             Ok(Some((frame, n))) => {
@@ -154,7 +172,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
                 return Err(ReplyError::Unexpected(proto::printable(&head)));
             }
         }
-        if buf.len() > MAX_REPLY {
+        if buf.len() > max {
             return Err(ReplyError::Unexpected("reply too long".into()));
         }
         fill(r, buf).await?;
@@ -272,6 +290,12 @@ mod tests {
         let mut input: &[u8] = hello;
         let frame = read_frame(&mut input, &mut BytesMut::new()).await.unwrap();
         assert_eq!(hello_role(&frame), Some(NodeRole::Primary));
+        assert!(!hello_cluster(&frame));
+        let cluster = b"*4\r\n$4\r\nmode\r\n$7\r\ncluster\r\n$4\r\nrole\r\n$5\r\nslave\r\n";
+        let mut input: &[u8] = cluster;
+        let frame = read_frame(&mut input, &mut BytesMut::new()).await.unwrap();
+        assert!(hello_cluster(&frame));
+        assert_eq!(hello_role(&frame), Some(NodeRole::Replica));
         let map = b"%1\r\n$4\r\nrole\r\n$7\r\nreplica\r\n+PONG\r\n";
         let mut input: &[u8] = &map[..7];
         let mut buf = BytesMut::new();

@@ -155,7 +155,7 @@ async fn dial_candidate(
         };
         // A failure past TCP on one address (say, a node hanging in TLS mid-failover) moves on
         // to the next address; the last failure is what the client is told.
-        let (stream, leftover, role) = match reach(l, up, addr, how).await {
+        let (stream, leftover, (role, cluster)) = match reach(l, up, addr, how).await {
             Ok(r) => r,
             Err((stage, e)) if stage == Stage::Connect => {
                 last = Some(fail(stage, label(e)));
@@ -186,6 +186,7 @@ async fn dial_candidate(
             candidate,
             role,
             born: 0,
+            cluster,
         };
         return Ok(Conn {
             stream,
@@ -199,7 +200,10 @@ async fn dial_candidate(
     Err(last.unwrap_or_else(|| fail(Stage::Connect, "no address could be reached".into())))
 }
 
-type Reached = (TlsStream<TcpStream>, BytesMut, Option<NodeRole>);
+/// What the handshake learnt of the node: its role, and whether it runs in cluster mode.
+type Learnt = (Option<NodeRole>, bool);
+
+type Reached = (TlsStream<TcpStream>, BytesMut, Learnt);
 
 /// TCP, TLS and the handshake commands to one address.
 async fn reach(
@@ -223,7 +227,7 @@ async fn reach(
     };
     let mut leftover = BytesMut::new();
     match timeout(t, handshake(&mut stream, l, how, &mut leftover)).await {
-        Ok(Ok(role)) => Ok((stream, leftover, role)),
+        Ok(Ok(learnt)) => Ok((stream, leftover, learnt)),
         Ok(Err(e)) => Err(e),
         Err(_) => Err((Stage::Auth, timed_out(t))),
     }
@@ -271,19 +275,21 @@ fn tls_failed(e: &io::Error) -> String {
 /// (`WRONGPASS …`) is the reason shown to the client; it never contains the password. Returns
 /// the node's role from HELLO (an ACL user may run HELLO where it may not run the admin command
 /// ROLE); only a listener with a `role` falls back to `ROLE` when HELLO says nothing (servers
-/// before Redis 6).
+/// before Redis 6). And whether HELLO says cluster mode.
 async fn handshake(
     stream: &mut TlsStream<TcpStream>,
     l: &ListenerConfig,
     how: &How<'_>,
     leftover: &mut BytesMut,
-) -> Result<Option<NodeRole>, (Stage, String)> {
+) -> Result<Learnt, (Stage, String)> {
     let hello = authenticate_any(stream, how, leftover).await?;
-    match conn::hello_role(&hello) {
-        Some(role) => Ok(Some(role)),
-        None if l.role == Role::Any => Ok(None),
-        None => ask_role(stream, leftover).await,
-    }
+    let cluster = conn::hello_cluster(&hello);
+    let role = match conn::hello_role(&hello) {
+        Some(role) => Some(role),
+        None if l.role == Role::Any => None,
+        None => ask_role(stream, leftover).await?,
+    };
+    Ok((role, cluster))
 }
 
 /// Authenticates with the first candidate the server accepts; only a `WRONGPASS` moves on.

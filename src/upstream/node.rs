@@ -373,6 +373,7 @@ mod tests {
             candidate: 0,
             role,
             born,
+            cluster: false,
         }
     }
 
