@@ -627,10 +627,18 @@ async fn send_replies(
         leftover,
         first,
     } = start;
-    let (name, m, truth) = {
+    let (name, m, truth, rewrite) = {
         let l = handle.borrow();
-        (l.config.name.clone(), l.metrics.clone(), l.node.watch())
+        let rewrite = l.rewrite(&at);
+        (
+            l.config.name.clone(),
+            l.metrics.clone(),
+            l.node.watch(),
+            rewrite,
+        )
     };
+    let mut replies = Replies::new();
+    replies.set_rewrite(rewrite);
     let mut side = ReplySide {
         link,
         client,
@@ -640,7 +648,7 @@ async fn send_replies(
         at,
         name,
         m,
-        replies: Replies::new(),
+        replies,
         buf: BytesMut::with_capacity(READ_BUF),
         ops: Vec::new(),
         total: 0,

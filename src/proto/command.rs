@@ -21,6 +21,10 @@ pub enum Cmd {
     /// `MULTI`, and what ends one (`EXEC`, `DISCARD`): nothing may be injected in between.
     Multi,
     EndMulti,
+    /// `CLUSTER`: its topology subcommands' replies carry node addresses.
+    Cluster,
+    /// `ASKING`: the next command must follow it with nothing in between.
+    Asking,
     Other,
 }
 
@@ -38,6 +42,8 @@ pub fn classify(name: &[u8]) -> Cmd {
         5 if is("RESET") => Cmd::Reset,
         5 if is("PSYNC") => Cmd::Sync,
         6 if is("CLIENT") => Cmd::Client,
+        6 if is("ASKING") => Cmd::Asking,
+        7 if is("CLUSTER") => Cmd::Cluster,
         7 if is("MONITOR") => Cmd::Monitor,
         9..=12
             if is("SUBSCRIBE")

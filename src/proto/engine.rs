@@ -22,9 +22,11 @@ use bytes::Bytes;
 
 use super::RespVersion;
 use super::command::{self, Cmd};
+use super::rewrite::{Rewrite, Topology};
 use super::scan::{Dir, ScanError, Scanner};
 use crate::config::{ClientAuth, Credentials};
 pub use crate::limits::HOLD_LIMIT;
+use crate::limits::MAX_TOPOLOGY_REPLY;
 use crate::limits::REPLY_HEAD as CAPTURE;
 
 pub const NOAUTH: &[u8] = b"-NOAUTH Authentication required.\r\n";
@@ -66,6 +68,9 @@ pub enum Entry {
     Hello { swallow: bool },
     /// The client's `RESET`: its reply, and the connection is back to RESP2.
     Reset,
+    /// The client's `CLUSTER SLOTS|SHARDS|NODES|REPLICAS|SLAVES`: one reply of the client's,
+    /// held whole and given node addresses the client can reach (in cluster mode).
+    Topology(Topology),
     /// The client's `MULTI`: one reply of the client's, like `Client(1)` (it merges with its
     /// neighbours, so pipelined transactions take no more room), whose answer is reported
     /// ([`Replies::multi_answers`]): an error means it opened no transaction.
@@ -98,7 +103,11 @@ pub enum Entry {
 fn replies_of(e: &Entry) -> u64 {
     match e {
         Entry::Client(n) | Entry::Swallow(n) => *n,
-        Entry::Hello { .. } | Entry::Reset | Entry::Multi | Entry::Reauth { .. } => 1,
+        Entry::Hello { .. }
+        | Entry::Reset
+        | Entry::Multi
+        | Entry::Reauth { .. }
+        | Entry::Topology(_) => 1,
         _ => 0,
     }
 }
@@ -259,6 +268,9 @@ pub struct Requests {
     /// The client sent an `AUTH` of its own to the server: the session is not the tunnel's to
     /// authenticate again, until a RESET.
     own_auth: bool,
+    /// The last command was `ASKING`, which holds for the next command only: a command
+    /// injected now would use it up.
+    asking: bool,
     policy: ClientAuth,
     /// Re-sent after a client's RESET, which de-authenticates the connection: during a
     /// rotation both passwords, the one the server took last first (a refused `AUTH` leaves the
@@ -281,6 +293,7 @@ impl Requests {
             multis_closed: 0,
             reauths_sent: 0,
             own_auth: false,
+            asking: false,
             policy,
             inject: inject.into_iter().collect(),
         }
@@ -295,7 +308,7 @@ impl Requests {
         if !self.synced {
             return Reauth::Opaque;
         }
-        if self.streaming || self.in_multi {
+        if self.streaming || self.in_multi || self.asking {
             return Reauth::Later;
         }
         let Some(creds) = self.inject.first() else {
@@ -591,6 +604,7 @@ impl Requests {
         {
             return synth(entries, NOAUTH);
         }
+        self.asking = cmd == Cmd::Asking;
         match cmd {
             Cmd::Multi => {
                 self.in_multi = true;
@@ -635,6 +649,21 @@ impl Requests {
                 forward(ops, r);
             }
             Cmd::Monitor | Cmd::Subscribe | Cmd::Sync => self.go_unsynced(r, ops, entries),
+            Cmd::Cluster => {
+                let words = if inline {
+                    all_args().unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                let sub = if inline {
+                    words.get(1).map(Vec::as_slice)
+                } else {
+                    args(1)
+                };
+                let kind = sub.and_then(|sub| Topology::of(&[name, sub]));
+                entries.push(kind.map_or(Entry::Client(1), Entry::Topology));
+                forward(ops, r);
+            }
             Cmd::Client
                 if args(1).is_some_and(|a| a.eq_ignore_ascii_case(b"REPLY"))
                     && args(2).is_none_or(|a| !a.eq_ignore_ascii_case(b"ON")) =>
@@ -826,6 +855,39 @@ pub struct Replies {
     reauths_answered: u64,
     last_reauth_refused: bool,
     group_accepted: bool,
+    /// In cluster mode: where node addresses in the client's replies are sent instead.
+    rewrite: Option<Rewrite>,
+    /// A reply of the client's held whole to rewrite (an error that may be a redirect, a
+    /// topology command's reply); forwarded in one piece once complete.
+    held: Option<Held>,
+}
+
+/// A reply being held to rewrite.
+#[derive(Debug)]
+struct Held {
+    /// The topology command it answers; `None`: an error reply.
+    kind: Option<Topology>,
+    bytes: Vec<u8>,
+    /// Longer than [`MAX_TOPOLOGY_REPLY`]: its bytes are dropped and the client told why.
+    over: bool,
+}
+
+impl Held {
+    fn push(&mut self, part: &[u8]) {
+        if self.bytes.len() + part.len() > MAX_TOPOLOGY_REPLY {
+            self.over = true;
+            self.bytes = Vec::new();
+        }
+        if !self.over {
+            self.bytes.extend_from_slice(part);
+        }
+    }
+}
+
+impl std::fmt::Debug for Rewrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Rewrite(here {})", self.here)
+    }
 }
 
 impl Default for Replies {
@@ -850,7 +912,43 @@ impl Replies {
             reauths_answered: 0,
             last_reauth_refused: false,
             group_accepted: false,
+            rewrite: None,
+            held: None,
         }
+    }
+
+    /// Rewrites node addresses in the client's replies from now on (a session in cluster
+    /// mode): redirects, and the replies to topology commands.
+    pub fn set_rewrite(&mut self, rewrite: Option<Rewrite>) {
+        self.rewrite = rewrite;
+    }
+
+    /// Whether the reply starting with `first` is held whole to be rewritten.
+    fn hold(&self, owner: Owner, first: u8, fifo: &Fifo) -> Option<Held> {
+        self.rewrite.as_ref()?;
+        let kind = match (owner, fifo.head()) {
+            (Owner::Client | Owner::Anyone, _) if first == b'-' => None,
+            (Owner::Client, Some(Entry::Topology(k))) if first != b'|' => Some(*k),
+            _ => return None,
+        };
+        Some(Held {
+            kind,
+            bytes: Vec::new(),
+            over: false,
+        })
+    }
+
+    /// The held reply as the client gets it.
+    fn release(&mut self, ops: &mut Vec<Op>) {
+        let (Some(h), Some(rw)) = (self.held.take(), self.rewrite.as_ref()) else {
+            return;
+        };
+        let out = match (h.over, h.kind) {
+            (true, _) => Bytes::from_static(super::rewrite::TOO_LONG),
+            (false, None) => rw.error(&h.bytes),
+            (false, Some(kind)) => rw.topology(kind, &h.bytes),
+        };
+        ops.push(Op::Bytes(out));
     }
 
     /// How many groups of the tunnel's own AUTHs were answered, and whether every AUTH of the
@@ -908,6 +1006,7 @@ impl Replies {
                         || buf[i] == b'-'
                         || self.answering.is_some()
                         || confirmation;
+                    self.held = self.hold(o, buf[i], fifo);
                     self.owner = Some(o);
                     o
                 }
@@ -936,11 +1035,14 @@ impl Replies {
                 let room = CAPTURE.saturating_sub(self.capture.len()).min(n);
                 self.capture.extend_from_slice(&buf[i..i + room]);
             }
-            if owner != Owner::Swallow {
-                forward(ops, i..i + n);
+            match &mut self.held {
+                Some(h) => h.push(&buf[i..i + n]),
+                None if owner != Owner::Swallow => forward(ops, i..i + n),
+                None => {}
             }
             i += n;
             if done {
+                self.release(ops);
                 self.owner = None;
                 // An attribute annotates the reply after it; it is not a reply itself.
                 if self.scan.info().kind != b'|' {
@@ -960,7 +1062,7 @@ impl Replies {
         }
         match fifo.head() {
             // A subscribe's only reply is an error (its confirmations are pushes).
-            Some(Entry::Client(_) | Entry::Subscribe3) => Owner::Client,
+            Some(Entry::Client(_) | Entry::Subscribe3 | Entry::Topology(_)) => Owner::Client,
             Some(Entry::Swallow(_)) => Owner::Swallow,
             Some(e @ (Entry::Hello { .. } | Entry::Reset | Entry::Reauth { .. })) => {
                 let o = match e {

@@ -44,6 +44,7 @@ use crate::lock;
 use crate::ops::metrics::ListenerMetrics;
 use crate::proto;
 use crate::proto::RespVersion;
+use crate::proto::rewrite::{self, Rewrite};
 use crate::proto::scan::{Dir, Scanner};
 
 /// Complete requests of one receiver, and where their replies go.
@@ -332,10 +333,33 @@ pub struct Mux {
     settings: PoolConfig,
     metrics: ListenerMetrics,
     name: String,
+    cluster: Option<Cluster>,
+}
+
+/// In front of a cluster: where redirects send clients, and whether every session rewrites
+/// (`cluster = "on"`) or those whose server said cluster mode.
+#[derive(Clone)]
+pub struct Cluster {
+    pub map: Arc<dyn rewrite::Map + Send + Sync>,
+    pub always: bool,
+}
+
+impl Cluster {
+    fn rewrite(&self, at: &At) -> Option<Rewrite> {
+        (self.always || at.cluster).then(|| Rewrite {
+            map: self.map.clone(),
+            here: at.peer.ip().to_string(),
+        })
+    }
 }
 
 impl Mux {
-    pub fn new(settings: PoolConfig, metrics: ListenerMetrics, name: String) -> Mux {
+    pub fn new(
+        settings: PoolConfig,
+        metrics: ListenerMetrics,
+        name: String,
+        cluster: Option<Cluster>,
+    ) -> Mux {
         let slots = || {
             (0..settings.multiplex)
                 .map(|_| Arc::new(Mutex::new(Slot::Empty)))
@@ -348,6 +372,7 @@ impl Mux {
             settings,
             metrics,
             name,
+            cluster,
         }
     }
 
@@ -425,6 +450,7 @@ impl Mux {
             settings: self.settings.clone(),
             metrics: self.metrics.clone(),
             name: self.name.clone(),
+            cluster: self.cluster.clone(),
         }
     }
 }
@@ -446,6 +472,7 @@ struct Starter {
     settings: PoolConfig,
     metrics: ListenerMetrics,
     name: String,
+    cluster: Option<Cluster>,
 }
 
 impl Starter {
@@ -497,6 +524,8 @@ impl Starter {
                 metrics: self.metrics,
                 name: self.name,
                 sleep,
+                rewrite: self.cluster.and_then(|c| c.rewrite(&up.at)),
+                carried: 0,
                 _open: up.open,
             }
             .run(),
@@ -646,6 +675,15 @@ impl Writer {
     }
 }
 
+/// What [`Reader::redirect_at`] found.
+enum Held {
+    No,
+    /// A redirect whose whole line (this long) has been read.
+    Line(usize),
+    /// Maybe a redirect, whose line has not been read whole.
+    Incomplete,
+}
+
 /// The start of the reply being read when it is an error, kept to recognise a demotion
 /// (`-READONLY`, `-UNBLOCKED … master -> replica`) however the reply is split across reads.
 #[derive(Default)]
@@ -692,6 +730,11 @@ struct Reader {
     name: String,
     /// The reader's one timer, for every deadline in [`Reader::deadline`].
     sleep: Pin<Box<tokio::time::Sleep>>,
+    /// In cluster mode: where `-MOVED` / `-ASK` send clients instead.
+    rewrite: Option<Rewrite>,
+    /// Bytes at the start of `buf` already read: an error reply held back until its line is
+    /// whole, to be rewritten in one piece (more must be read before it can be handed out).
+    carried: usize,
     _open: Option<super::conn::Open>,
 }
 
@@ -776,7 +819,7 @@ impl Reader {
             if retired && self.done() {
                 break "retired".to_owned();
             }
-            if self.buf.is_empty() {
+            if self.buf.len() == self.carried {
                 let at = self.deadline(last_read, moved);
                 match self.next(watching, at).await {
                     Event::Read(Ok(0)) => break "the server closed the connection".to_owned(),
@@ -860,7 +903,10 @@ impl Reader {
         head: &mut ErrorHead,
     ) -> Result<(bool, Option<Arc<Sink>>), String> {
         let data = self.buf.split().freeze();
-        self.metrics.to_client.inc_by(data.len() as u64);
+        self.metrics
+            .to_client
+            .inc_by((data.len() - self.carried) as u64);
+        self.carried = 0;
         let mut routes = lock(&self.routes);
         // `done` replies of the front route end in data[start..i].
         let (mut i, mut start, mut done, mut frame_start) = (0, 0, 0u32, 0);
@@ -882,6 +928,15 @@ impl Reader {
                 }
                 head.start(data[i]);
             }
+            let redirect = match self.redirect_at(scan, &data[i..]) {
+                Held::No => None,
+                Held::Line(n) => Some(n),
+                Held::Incomplete => {
+                    self.carried = data.len() - i;
+                    self.buf.extend_from_slice(&data[i..]);
+                    break;
+                }
+            };
             let (n, complete) = match scan.feed(&data[i..]) {
                 Ok(x) => x,
                 Err(e) => {
@@ -895,6 +950,26 @@ impl Reader {
                 break;
             }
             demoted |= head.demotion();
+            if let (Some(len), Some(rw)) = (redirect, &self.rewrite) {
+                // Handed out as its own delivery: the replies before it, then it rewritten.
+                let to = front.to.clone();
+                let out = rw.error(&data[frame_start..frame_start + len]);
+                if done > 0 {
+                    to.deliver(data.slice(start..frame_start), done);
+                }
+                to.deliver(out, 1);
+                let front = routes.q.front_mut().expect("front checked above");
+                front.left -= done + 1;
+                if front.left == 0 {
+                    routes.q.pop_front();
+                }
+                routes.partial = false;
+                if to.queued() > SHARED_QUEUE_HARD && !to.ended() {
+                    behind = Some(to);
+                }
+                (start, done) = (i, 0);
+                continue;
+            }
             done += 1;
             if done == front.left {
                 let front = routes.q.pop_front().expect("front checked above");
@@ -922,6 +997,23 @@ impl Reader {
         match fault {
             Some(f) => Err(f),
             None => Ok((demoted, behind)),
+        }
+    }
+
+    /// Whether the reply starting at `rest[0]` is a redirect to rewrite: the whole line is
+    /// needed first. An error line longer than [`ERROR_HEAD`] is no redirect.
+    fn redirect_at(&self, scan: &Scanner, rest: &[u8]) -> Held {
+        if self.rewrite.is_none() || !scan.at_boundary() || rest.first() != Some(&b'-') {
+            return Held::No;
+        }
+        let window = &rest[..rest.len().min(ERROR_HEAD)];
+        match window.windows(2).position(|w| w == b"\r\n") {
+            Some(end) if rewrite::is_redirect(window) => Held::Line(end + 2),
+            Some(_) => Held::No,
+            None if rest.len() < ERROR_HEAD && rewrite::is_redirect_prefix(rest) => {
+                Held::Incomplete
+            }
+            None => Held::No,
         }
     }
 
