@@ -31,6 +31,7 @@ pub mod admission;
 pub mod auth;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod limits;
 pub mod listener;

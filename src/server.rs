@@ -15,9 +15,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::admission::{Admission, Slot};
 use crate::client;
-use crate::config::{ClientAuth, Config, ListenerConfig};
+use crate::cluster::{self, Cluster};
+use crate::config::{ClientAuth, ClusterMode, Config, ListenerConfig};
 use crate::limits::{ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_MIN, MAX_REFUSING};
-use crate::listener::{Handle, Listener};
+use crate::listener::{Handle, Listener, Parts};
 use crate::ops::admin::{self, AdminState};
 use crate::ops::metrics::{Limit, Metrics};
 use crate::upstream::Resolver;
@@ -55,15 +56,20 @@ pub struct Server {
     resolver: Resolver,
     /// Each listener name's open clients and sessions, kept across reloads.
     admissions: HashMap<String, Arc<Admission>>,
+    /// Each cluster listener's node listeners, kept across reloads.
+    clusters: HashMap<String, Cluster>,
+    sessions: TaskTracker,
+    end_sessions: CancellationToken,
     /// The current listeners, for the admin endpoint (replaced on reload).
     current: Arc<Mutex<Vec<Arc<Listener>>>>,
     reload_tx: mpsc::Sender<ReloadRequest>,
     reload_rx: mpsc::Receiver<ReloadRequest>,
 }
 
-struct Bound {
-    listener: Arc<Listener>,
-    socket: TcpListener,
+/// A listener and the socket it accepts on.
+pub(crate) struct Bound {
+    pub listener: Arc<Listener>,
+    pub socket: TcpListener,
 }
 
 struct ReloadRequest {
@@ -113,34 +119,72 @@ impl Server {
             Some(addr) => Some(bind("admin", addr).await?),
             None => None,
         };
-        let mut admissions = HashMap::new();
-        let listeners: Vec<Bound> = sockets
-            .into_iter()
-            .map(|(l, socket)| {
-                announce(&l, &socket);
-                let m = metrics.listener(&l.name);
-                let a = admission(&mut admissions, &l.name);
-                let listener = Arc::new(Listener::start(l, resolver.clone(), m, a));
-                Bound { listener, socket }
-            })
-            .collect();
         if let Some(a) = &admin {
             tracing::info!(listen = %a.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()),
                 "admin endpoint: /metrics /healthz /readyz");
         }
-        let current = listeners.iter().map(|b| b.listener.clone()).collect();
         let (reload_tx, reload_rx) = mpsc::channel(4);
-        Ok(Server {
-            listeners,
+        let mut server = Server {
+            listeners: Vec::new(),
             shutdown_grace: config.shutdown_grace,
             admin,
             metrics,
             resolver,
-            admissions,
-            current: Arc::new(Mutex::new(current)),
+            admissions: HashMap::new(),
+            clusters: HashMap::new(),
+            sessions: TaskTracker::new(),
+            end_sessions: CancellationToken::new(),
+            current: Arc::new(Mutex::new(Vec::new())),
             reload_tx,
             reload_rx,
-        })
+        };
+        for (l, socket) in sockets {
+            announce(&l, &socket);
+            let listener = server.start_listener(l);
+            server.listeners.push(Bound { listener, socket });
+        }
+        *crate::lock(&server.current) = server
+            .listeners
+            .iter()
+            .map(|b| b.listener.clone())
+            .collect();
+        Ok(server)
+    }
+
+    /// Starts a listener's state with its name's admission counts and, in front of a
+    /// cluster, its node listeners (kept from the listener it replaces).
+    fn start_listener(&mut self, l: ListenerConfig) -> Arc<Listener> {
+        let name = l.name.clone();
+        let cluster = if l.cluster == ClusterMode::Off {
+            if let Some(c) = self.clusters.remove(&name) {
+                c.stop();
+            }
+            None
+        } else {
+            let ctx = cluster::Ctx {
+                resolver: self.resolver.clone(),
+                metrics: self.metrics.clone(),
+                sessions: self.sessions.clone(),
+                end_sessions: self.end_sessions.clone(),
+            };
+            Some(
+                self.clusters
+                    .entry(name.clone())
+                    .or_insert_with(|| Cluster::start(ctx)),
+            )
+        };
+        let parts = Parts {
+            resolver: self.resolver.clone(),
+            metrics: self.metrics.listener(&name),
+            admission: admission(&mut self.admissions, &name),
+            auth: None,
+            cluster: cluster.map(|c| c.link()),
+        };
+        let listener = Arc::new(Listener::start_with(l, parts));
+        if let Some(c) = self.clusters.get(&name) {
+            c.serve(listener.clone());
+        }
+        listener
     }
 
     /// Each listener as it is now, in config order (for readiness, metrics and tests).
@@ -175,8 +219,8 @@ impl Server {
     /// Serves until `shutdown` resolves, then stops accepting, lets open sessions run for up to
     /// `shutdown_grace`, and closes whatever is still open.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
-        let sessions = TaskTracker::new();
-        let end_sessions = CancellationToken::new();
+        let sessions = self.sessions.clone();
+        let end_sessions = self.end_sessions.clone();
         let mut active: HashMap<String, Active> = HashMap::new();
         for b in std::mem::take(&mut self.listeners) {
             let a = Active::start(b, &sessions, &end_sessions);
@@ -210,6 +254,9 @@ impl Server {
         }
         for a in active.values() {
             a.stop();
+        }
+        for c in self.clusters.values() {
+            c.stop();
         }
         sessions.close();
         let grace = self.shutdown_grace;
@@ -258,12 +305,17 @@ impl Server {
             }
             keep
         });
+        self.clusters.retain(|name, c| {
+            let keep = names.contains(name);
+            if !keep {
+                c.stop();
+            }
+            keep
+        });
         let mut current = Vec::with_capacity(config.listeners.len());
         for l in config.listeners {
-            let m = self.metrics.listener(&l.name);
             let name = l.name.clone();
-            let a = admission(&mut self.admissions, &name);
-            let listener = Arc::new(Listener::start(l, self.resolver.clone(), m, a));
+            let listener = self.start_listener(l);
             if let Some(old) = active.get(&name) {
                 // Clients switching to the new listener keep a token to authenticate with.
                 listener.auth.carry_over(&old.current.borrow().auth);
@@ -320,14 +372,18 @@ fn announce(l: &ListenerConfig, socket: &TcpListener) {
 }
 
 /// A listener being served: its accept loop and the listener state its clients watch.
-struct Active {
+pub(crate) struct Active {
     local: SocketAddr,
     current: watch::Sender<Arc<Listener>>,
     stop_accepting: CancellationToken,
 }
 
 impl Active {
-    fn start(b: Bound, sessions: &TaskTracker, end_sessions: &CancellationToken) -> Active {
+    pub(crate) fn start(
+        b: Bound,
+        sessions: &TaskTracker,
+        end_sessions: &CancellationToken,
+    ) -> Active {
         let local = b.socket.local_addr().unwrap_or(b.listener.config.listen);
         let name = b.listener.config.name.clone();
         let (current, handle) = watch::channel(b.listener);
@@ -357,11 +413,11 @@ impl Active {
 
     /// The new listener state replaces the old for every client; the old one's pool and node
     /// stop (its idle sessions close).
-    fn swap(&mut self, listener: Arc<Listener>) {
+    pub(crate) fn swap(&self, listener: Arc<Listener>) {
         self.current.send_replace(listener).stop();
     }
 
-    fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.stop_accepting.cancel();
         self.current.borrow().stop();
     }

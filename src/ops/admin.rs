@@ -58,15 +58,15 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     )
 }
 
-/// 200 when every listener has reached its upstream and filled its pool once; otherwise 503
+/// 200 when every listener has reached its upstream and filled its pool once (and, in front of
+/// a cluster, knows the topology); otherwise 503
 /// with one line per listener that is not ready.
 async fn readyz(State(state): State<AdminState>) -> (StatusCode, String) {
     let not_ready: Vec<String> = state
         .listeners()
         .iter()
         .filter_map(|l| {
-            l.pool
-                .readiness()
+            l.readiness()
                 .err()
                 .map(|why| format!("{}: {why}\n", l.config.name))
         })

@@ -6,7 +6,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use redis_protocol::resp2::types::OwnedFrame;
 
 use crate::auth::Auth;
-use crate::config::{Config, ListenerConfig};
+use crate::cluster::topology::{self, Shard};
+use crate::config::{ClusterMode, Config, ListenerConfig, UpstreamAddr};
 use crate::ops::metrics::Metrics;
 use crate::upstream::conn;
 use crate::upstream::conn::Conn;
@@ -108,12 +109,18 @@ fn probe(
         let stop = tokio_util::sync::CancellationToken::new();
         let _stop = stop.clone().drop_guard();
         let auth = Auth::start(&l, Metrics::new().listener(&l.name), stop);
+        let mut c = upstream::dial(&l, &Resolver::system(), &auth).await?;
+        let topology = match l.cluster {
+            ClusterMode::On => Some(topology::read(&mut c).await),
+            ClusterMode::Auto if c.at.cluster => Some(topology::read(&mut c).await),
+            _ => None,
+        };
         let Conn {
             mut stream,
             at,
             mut leftover,
             ..
-        } = upstream::dial(&l, &Resolver::system(), &auth).await?;
+        } = c;
         let (peer, candidate, role) = (at.peer, at.candidate, at.role);
         let conn = &stream.get_ref().1;
         let mut line = format!("upstream={} addr={peer}", l.upstreams[candidate].addr);
@@ -156,8 +163,47 @@ fn probe(
             OwnedFrame::Error(e) => return Err(fail(e)),
             other => return Err(fail(format!("PING answered {other:?}"))),
         }
+        match topology {
+            None => {}
+            Some(Ok(shards)) => line.push_str(&cluster_report(&l, &shards, &peer.ip().to_string())),
+            Some(Err(e)) => return Err(fail(format!("cluster topology: {e}"))),
+        }
         Ok(line)
     }
+}
+
+/// The cluster's shards and nodes, and the local address each node's listener takes at start:
+/// with `cluster_ports`, ports in topology order (primary first), when free; else ephemeral.
+fn cluster_report(l: &ListenerConfig, shards: &[Shard], here: &str) -> String {
+    let nodes: usize = shards.iter().map(|s| s.nodes.len()).sum();
+    let mut out = format!(
+        "\n      cluster: {} shard(s), {nodes} node(s)",
+        shards.len()
+    );
+    let mut ports = l
+        .cluster_ports
+        .clone()
+        .into_iter()
+        .flatten()
+        .filter(|p| *p != l.listen.port());
+    for s in shards {
+        let slots: Vec<String> = s.slots.iter().map(|(a, b)| format!("{a}-{b}")).collect();
+        let _ = write!(out, "\n      shard slots={}", slots.join(","));
+        for n in &s.nodes {
+            let upstream = UpstreamAddr {
+                host: n.host(here).to_owned(),
+                port: n.port,
+            };
+            let local = match (&l.cluster_ports, ports.next()) {
+                (None, _) => format!("{}:(ephemeral)", l.listen.ip()),
+                (Some(_), Some(p)) => std::net::SocketAddr::new(l.listen.ip(), p).to_string(),
+                (Some(r), None) => format!("none: cluster_ports {}-{} is full", r.start(), r.end()),
+            };
+            let role = if n.primary { "primary" } else { "replica" };
+            let _ = write!(out, "\n        {role} {upstream} ({}) -> {local}", n.health);
+        }
+    }
+    out
 }
 
 fn describe_cert(der: &[u8]) -> String {
