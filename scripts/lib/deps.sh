@@ -17,6 +17,9 @@ ensure_redis() {
     command -v redis-server >/dev/null || missing+=(redis-server)
     command -v redis-cli >/dev/null || missing+=(redis-tools)
     command -v openssl >/dev/null || missing+=(openssl)
+    # redis-py's RedisCluster, which the cluster-mode tests drive through the tunnel (with the
+    # distribution's python, whatever else is first on PATH).
+    /usr/bin/python3 -c 'import redis.cluster' 2>/dev/null || missing+=(python3-redis)
     if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 }
 

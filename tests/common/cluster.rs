@@ -661,6 +661,11 @@ where
     }
 }
 
+/// One RESP2 reply, decoded from its bytes (a reply read through the tunnel, say).
+pub async fn value_of(mut bytes: &[u8]) -> Value {
+    read_value(&mut bytes).await.expect("one whole RESP2 reply")
+}
+
 /// Reads one RESP2 reply.
 fn read_value<'a, R: AsyncBufRead + Unpin + Send>(
     r: &'a mut R,
