@@ -90,3 +90,37 @@ TOML
 cpu_ticks() {
     awk '{ print $14 + $15 }' "/proc/$1/stat"
 }
+
+# start_tls_cluster TOKEN: a TLS-only Redis Cluster of 3 primaries on free loopback ports
+# (certificates from make_certs, the cluster bus on TLS too), created with
+# `redis-cli --cluster create`; sets cluster_ports (the three TLS ports).
+start_tls_cluster() {
+    local token=$1 port n log
+    cluster_ports=()
+    for n in 1 2 3; do
+        port=$(free_port)
+        log="$work/cluster-$n.log"
+        mkdir -p "$work/cluster-$n"
+        redis-server --port 0 --bind 127.0.0.1 --tls-port "$port" --cluster-port "$(free_port)" \
+            --tls-cert-file "$work/server.pem" --tls-key-file "$work/server.key" \
+            --tls-ca-cert-file "$work/ca.pem" --tls-auth-clients no --tls-cluster yes \
+            --cluster-enabled yes --cluster-config-file "$work/cluster-$n/nodes.conf" \
+            --requirepass "$token" --masterauth "$token" --save "" --appendonly no \
+            --dir "$work/cluster-$n" --logfile "$log" --daemonize no &
+        pids+=("$!")
+        for _ in $(seq 100); do grep -q "Ready to accept" "$log" 2>/dev/null && break; sleep 0.05; done
+        cluster_ports+=("$port")
+    done
+    local addrs=()
+    for port in "${cluster_ports[@]}"; do addrs+=("127.0.0.1:$port"); done
+    redis-cli --tls --cacert "$work/ca.pem" --sni localhost -a "$token" --no-auth-warning \
+        --cluster create "${addrs[@]}" --cluster-yes >"$work/cluster-create.log" 2>&1 || {
+        cat "$work/cluster-create.log" >&2; return 1; }
+    for _ in $(seq 200); do
+        redis-cli --tls --cacert "$work/ca.pem" --sni localhost -a "$token" --no-auth-warning \
+            -p "${cluster_ports[0]}" CLUSTER INFO 2>/dev/null | grep -q 'cluster_state:ok' && return 0
+        sleep 0.05
+    done
+    echo "the cluster did not reach cluster_state:ok" >&2
+    return 1
+}
