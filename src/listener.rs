@@ -101,6 +101,9 @@ impl Listener {
             admission.clone(),
             stop.clone(),
         );
+        if let Some(nodes) = &cluster {
+            pool.on_cluster(nodes.clone());
+        }
         let rewriting = cluster.clone().map(|nodes| mux::Cluster {
             map: nodes,
             always: config.cluster == ClusterMode::On,
@@ -131,6 +134,7 @@ impl Listener {
         if !(at.cluster || self.config.cluster == ClusterMode::On) {
             return None;
         }
+        nodes.in_use();
         Some(rewrite::Rewrite {
             map: nodes.clone(),
             here: at.peer.ip().to_string(),

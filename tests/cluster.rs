@@ -693,4 +693,105 @@ print(len(c.get_nodes()))
         let (status, body) = crate::common::http_get(admin, "/readyz").await;
         assert_eq!((status, body.as_str()), (200, "ready\n"));
     }
+
+    /// Thousands of pipelined replies, every other one a redirect, from two clients at once on
+    /// the configured port's shared sessions: TLS records split replies anywhere, redirects
+    /// included, and each client gets exactly its own replies, rewritten.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pipelined_redirects_on_shared_sessions_split_anywhere() {
+        let c = Cluster::start().await;
+        let entry = c.nodes[0].port;
+        let t = tunnel(&c, entry, "").await;
+        let (here, away) = (key_for_slot(1), key_for_slot(16000));
+        let mut d = c.direct(entry).await;
+        assert_eq!(
+            roundtrip(&mut d, &cmd(&["SET", &here, "local"])).await,
+            "+OK\r\n"
+        );
+        let n = 3000;
+        let mut clients = Vec::new();
+        for _ in 0..2 {
+            let (addr, here, away) = (t.addr(), here.clone(), away.clone());
+            clients.push(tokio::spawn(async move {
+                let mut s = connect(addr).await;
+                let mut batch = Vec::new();
+                for i in 0..n {
+                    batch.extend(cmd(&["GET", if i % 2 == 0 { &here } else { &away }]));
+                }
+                s.write_all(&batch).await.unwrap();
+                let mut moved = None;
+                for i in 0..n {
+                    let r = read_reply(&mut s).await;
+                    if i % 2 == 0 {
+                        assert_eq!(r, bulk("local"), "reply {i}");
+                    } else {
+                        assert!(r.starts_with("-MOVED 16000 127.0.0.1:"), "reply {i}: {r}");
+                        assert_eq!(*moved.get_or_insert_with(|| r.clone()), r);
+                    }
+                }
+                moved.unwrap()
+            }));
+        }
+        for cl in clients {
+            local_only(&c, &cl.await.unwrap());
+        }
+    }
+
+    /// A range too small for the cluster is said in /readyz, and a redirect to a node without
+    /// a port is an ectunnel error, never the upstream address; a reload that widens it keeps
+    /// every node's port and gives the others one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_port_range_is_reported_and_a_reload_widens_it() {
+        let c = Cluster::start().await;
+        let low = crate::common::free_port();
+        let config = |high: u16| {
+            format!(
+                "[tls]\nca_file = \"{}\"\nserver_name = \"localhost\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"cluster\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:{}\"\ncluster_ports = \"{low}-{high}\"\n",
+                c.pki.ca.display(),
+                c.nodes[0].port
+            )
+        };
+        let t = Tunnel::start(&config(low + 1)).await;
+        let admin = t.admin.unwrap();
+        crate::common::eventually("readyz to say the range is full", || async {
+            let (status, body) = crate::common::http_get(admin, "/readyz").await;
+            status == 503 && body.contains("cluster_ports") && body.contains("full")
+        })
+        .await;
+        // Slot 16000's owner is the third primary: no port left for it.
+        let mut s = connect(t.addr()).await;
+        let reply = roundtrip(&mut s, &cmd(&["GET", &key_for_slot(16000)])).await;
+        assert!(
+            reply.starts_with("-ERR ectunnel: cluster 127.0.0.1:"),
+            "{reply}"
+        );
+        assert!(reply.contains("no local port"), "{reply}");
+        let before = roundtrip(&mut s, &cmd(&["GET", &key_for_slot(1)])).await;
+        assert_eq!(before, "$-1\r\n");
+
+        let wide = ectunnel::Config::from_toml(&config(low + 9), "test.toml").unwrap();
+        t.reloader.reload(Ok(wide)).await.unwrap();
+        crate::common::eventually("readyz after the reload", || async {
+            crate::common::http_get(admin, "/readyz").await.0 == 200
+        })
+        .await;
+        let map = slot_map(t.addr()).await;
+        let ports: HashSet<u16> = map
+            .iter()
+            .flat_map(|(_, _, p, r)| std::iter::once(p).chain(r).map(|a| a.port()))
+            .collect();
+        assert_eq!(ports.len(), 6, "{map:?}");
+        assert!(
+            ports.contains(&low) && ports.contains(&(low + 1)),
+            "kept: {ports:?}"
+        );
+        assert!(
+            ports.iter().all(|p| (low..=low + 9).contains(p)),
+            "{ports:?}"
+        );
+        let mut s = connect(t.addr()).await;
+        let moved = roundtrip(&mut s, &cmd(&["GET", &key_for_slot(16000)])).await;
+        assert!(moved.starts_with("-MOVED 16000 127.0.0.1:"), "{moved}");
+        local_only(&c, &moved);
+    }
 }

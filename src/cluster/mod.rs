@@ -73,8 +73,11 @@ struct Registry {
 /// What is known of the topology, for `/readyz` and logs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 enum State {
-    /// No topology read has finished yet.
+    /// `cluster = "auto"` and no session has met a server in cluster mode: nothing is read
+    /// (a standalone server costs no extra session).
     #[default]
+    Dormant,
+    /// No topology read has finished yet.
     Unknown,
     /// The server is not in cluster mode (`cluster = "auto"`).
     Standalone,
@@ -90,7 +93,7 @@ impl Cluster {
             ctx,
             parent: Mutex::new(None),
             registry: Mutex::new(Registry::default()),
-            state: Mutex::new(State::Unknown),
+            state: Mutex::new(State::Dormant),
             refresh: Notify::new(),
             stop: CancellationToken::new(),
         });
@@ -106,6 +109,9 @@ impl Cluster {
     /// Serves `listener` (at start, and after every reload): node listeners take its
     /// configuration, and the topology is read again.
     pub fn serve(&self, listener: Arc<Listener>) {
+        if listener.config.cluster == ClusterMode::On {
+            self.inner.activate();
+        }
         *lock(&self.inner.parent) = Some(listener.clone());
         let reg = lock(&self.inner.registry);
         for n in &reg.nodes {
@@ -143,10 +149,23 @@ impl Inner {
         lock(&self.parent).clone()
     }
 
-    /// A read failed: logged once per episode, tried again after [`TOPOLOGY_MIN_GAP`].
-    fn failed(&self, parent: &Listener, e: String) {
+    /// A session met a server in cluster mode (or `cluster = "on"`): the topology is read
+    /// from now on.
+    fn activate(&self) {
         let mut state = lock(&self.state);
-        if !matches!(*state, State::Failed(_)) {
+        if *state == State::Dormant {
+            *state = State::Unknown;
+            self.refresh.notify_one();
+        }
+    }
+
+    /// A read failed: tried again after [`TOPOLOGY_MIN_GAP`]. Logged at WARN once per episode
+    /// when the topology itself could not be read; a failed dial is the pool's to report.
+    fn failed(&self, parent: &Listener, e: String, dial: bool) {
+        let mut state = lock(&self.state);
+        if dial || matches!(*state, State::Failed(_)) {
+            tracing::debug!(listener = %parent.config.name, "cluster topology not read: {e}");
+        } else {
             tracing::warn!(listener = %parent.config.name, "cluster topology could not be read: {e}");
         }
         *state = State::Failed(e);
@@ -314,7 +333,7 @@ async fn read_once(cluster: &Arc<Inner>, session: &mut Option<Conn>) -> bool {
     let Some(parent) = cluster.parent() else {
         return false;
     };
-    if parent.config.cluster == ClusterMode::Off {
+    if parent.config.cluster == ClusterMode::Off || *lock(&cluster.state) == State::Dormant {
         return false;
     }
     let c = match session.take() {
@@ -322,7 +341,7 @@ async fn read_once(cluster: &Arc<Inner>, session: &mut Option<Conn>) -> bool {
         None => match dial_any(cluster, &parent).await {
             Ok(c) => c,
             Err(e) => {
-                cluster.failed(&parent, e);
+                cluster.failed(&parent, e, true);
                 return true;
             }
         },
@@ -339,7 +358,7 @@ async fn read_once(cluster: &Arc<Inner>, session: &mut Option<Conn>) -> bool {
             cluster.apply(&parent, shards, &here);
             *session = Some(c);
         }
-        Err(e) => cluster.failed(&parent, e),
+        Err(e) => cluster.failed(&parent, e, false),
     }
     true
 }
@@ -383,6 +402,12 @@ impl rewrite::Map for Link {
             c.refresh.notify_one();
         }
     }
+
+    fn in_use(&self) {
+        if let Some(c) = self.0.upgrade() {
+            c.activate();
+        }
+    }
 }
 
 impl Nodes for Link {
@@ -390,7 +415,7 @@ impl Nodes for Link {
         let c = self.0.upgrade()?;
         let state = lock(&c.state).clone();
         match state {
-            State::Known(_) | State::Standalone => None,
+            State::Known(_) | State::Standalone | State::Dormant => None,
             State::Unknown => Some("cluster topology not read yet".into()),
             State::Failed(e) => Some(format!("cluster topology unknown: {e}")),
         }

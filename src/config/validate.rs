@@ -1344,6 +1344,63 @@ mod tests {
     }
 
     #[test]
+    fn cluster_mode_and_node_ports() {
+        let c = Config::from_toml(MIN, "t.toml").unwrap();
+        assert_eq!(
+            (c.listeners[0].cluster, &c.listeners[0].cluster_ports),
+            (ClusterMode::Auto, &None)
+        );
+        let text = format!("{MIN}cluster = \"on\"\ncluster_ports = \"7000-7099\"\n");
+        let c = Config::from_toml(&text, "t.toml").unwrap();
+        assert_eq!(c.listeners[0].cluster, ClusterMode::On);
+        assert_eq!(c.listeners[0].cluster_ports, Some(7000..=7099));
+        let raw = Config::from_toml(&format!("{MIN}protocol = \"raw\"\n"), "t.toml").unwrap();
+        assert_eq!(
+            raw.listeners[0].cluster,
+            ClusterMode::Off,
+            "a byte pipe rewrites nothing"
+        );
+        let e = err(&format!("{MIN}protocol = \"raw\"\ncluster = \"on\"\n"));
+        assert!(
+            e.starts_with("t.toml:5: listener.cluster: cluster mode rewrites"),
+            "{e}"
+        );
+        let e = err(&format!("{MIN}cluster = \"yes\"\n"));
+        assert!(e.starts_with("t.toml:4: listener.cluster: `yes` is not a cluster mode; use \"auto\", \"on\" or \"off\""), "{e}");
+        for (range, why) in [
+            ("7000", "is not a port range"),
+            ("7100-7000", "is not a port range"),
+            ("0-10", "is not a port range"),
+            ("1-70000", "is not a port range"),
+        ] {
+            let e = err(&format!("{MIN}cluster_ports = \"{range}\"\n"));
+            assert!(
+                e.starts_with("t.toml:4: listener.cluster_ports: ") && e.contains(why),
+                "{e}"
+            );
+        }
+        let e = err(&format!(
+            "{MIN}cluster = \"off\"\ncluster_ports = \"7000-7001\"\n"
+        ));
+        assert!(e.contains("node ports need cluster mode"), "{e}");
+        let own = "[[listener]]\nlisten = \"127.0.0.1:7005\"\nupstream = \"h:1\"\ncluster_ports = \"7000-7010\"\n";
+        assert!(
+            err(own).contains("includes this listener's own port 7005"),
+            "{}",
+            err(own)
+        );
+        let two = "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:6379\"\nupstream = \"h:1\"\ncluster_ports = \"7000-7010\"\n[[listener]]\nname = \"b\"\nlisten = \"127.0.0.1:6380\"\nupstream = \"h:2\"\ncluster_ports = \"7010-7020\"\n";
+        let e = err(two);
+        assert!(e.starts_with("t.toml:10: listener.cluster_ports: the range overlaps the cluster_ports of listener `a`"), "{e}");
+        let taken = "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:7003\"\nupstream = \"h:1\"\n[[listener]]\nname = \"b\"\nlisten = \"127.0.0.1:6380\"\nupstream = \"h:2\"\ncluster_ports = \"7000-7010\"\n";
+        assert!(
+            err(taken).contains("includes the port of listener `a`"),
+            "{}",
+            err(taken)
+        );
+    }
+
+    #[test]
     fn a_non_loopback_listener_needs_require_or_an_explicit_opt_out() {
         let open = "[[listener]]\nlisten = \"0.0.0.0:6379\"\nupstream = \"h:1\"\n";
         let e = err(open);

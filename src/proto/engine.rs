@@ -1226,6 +1226,81 @@ impl Replies {
 mod tests {
     use super::*;
 
+    /// Node `127.0.0.1:7000` is local port 17000, and so on; other nodes have none.
+    struct Local;
+
+    impl super::super::rewrite::Map for Local {
+        fn local(&self, host: &str, port: u16) -> Option<std::net::SocketAddr> {
+            (host == "10.0.0.1" && port < 8000).then(|| ([127, 0, 0, 1], port + 10000).into())
+        }
+    }
+
+    /// Redirects and a topology reply are rewritten however the server's bytes are split, in
+    /// order with the replies around them; a value that looks like a redirect is data.
+    #[test]
+    fn cluster_replies_are_rewritten_across_any_split() {
+        use super::super::memory::MemSession;
+        let mut requests = Vec::new();
+        for c in [
+            cmd(&["GET", "a"]),
+            cmd(&["CLUSTER", "SLOTS"]),
+            cmd(&["GET", "b"]),
+            b"cluster nodes\r\n".to_vec(),
+            cmd(&["GET", "c"]),
+        ] {
+            requests.extend(c);
+        }
+        let data = "-MOVED 1 10.0.0.1:7000";
+        let nodes = "id 10.0.0.1:7001@17001 master - 0 0 1 connected 0-16383\n";
+        let replies = format!(
+            "-MOVED 3999 10.0.0.1:7001\r\n*1\r\n*3\r\n:0\r\n:16383\r\n*3\r\n$8\r\n10.0.0.1\r\n:7000\r\n$2\r\nid\r\n${}\r\n{data}\r\n${}\r\n{nodes}\r\n-ASK 5 :7002\r\n",
+            data.len(),
+            nodes.len()
+        );
+        let local_nodes = nodes.replace("10.0.0.1:7001", "127.0.0.1:17001");
+        let want = format!(
+            "-MOVED 3999 127.0.0.1:17001\r\n*1\r\n*3\r\n:0\r\n:16383\r\n*3\r\n$9\r\n127.0.0.1\r\n:17000\r\n$2\r\nid\r\n${}\r\n{data}\r\n${}\r\n{local_nodes}\r\n-ASK 5 127.0.0.1:17002\r\n",
+            data.len(),
+            local_nodes.len()
+        );
+        for chunk in [1, 2, 5, 7, replies.len()] {
+            let mut s = MemSession::new(ClientAuth::Passthrough, None);
+            s.set_rewrite(Some(Rewrite {
+                map: std::sync::Arc::new(Local),
+                here: "10.0.0.1".into(),
+            }));
+            let (mut up, mut client) = (Vec::new(), Vec::new());
+            s.client_sends(&requests, &mut up, &mut client);
+            assert_eq!(up, requests);
+            for part in replies.as_bytes().chunks(chunk) {
+                assert!(!s.server_sends(part, &mut client));
+            }
+            assert_eq!(String::from_utf8_lossy(&client), want, "chunks of {chunk}");
+        }
+        // Without rewriting (not a cluster), the same bytes pass untouched.
+        let mut s = MemSession::new(ClientAuth::Passthrough, None);
+        let (mut up, mut client) = (Vec::new(), Vec::new());
+        s.client_sends(&requests, &mut up, &mut client);
+        s.server_sends(replies.as_bytes(), &mut client);
+        assert_eq!(client, replies.as_bytes());
+    }
+
+    #[test]
+    fn no_reauth_between_asking_and_its_command() {
+        let creds = Credentials {
+            username: None,
+            password: crate::config::Secret::new("t"),
+            file: None,
+        };
+        let mut r = Requests::new(ClientAuth::Passthrough, Some(creds));
+        let (mut ops, mut entries) = (Vec::new(), Vec::new());
+        r.process(&cmd(&["ASKING"]), &mut ops, &mut entries);
+        assert_eq!(r.reauth(&mut ops, &mut entries), Reauth::Later);
+        let get = cmd(&["GET", "k"]);
+        r.process(&get, &mut ops, &mut entries);
+        assert_eq!(r.reauth(&mut ops, &mut entries), Reauth::Sent);
+    }
+
     #[test]
     fn fifo_counts_the_replies_it_waits_for() {
         let mut f = Fifo::default();

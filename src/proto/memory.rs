@@ -38,6 +38,11 @@ impl MemSession {
         }
     }
 
+    /// Rewrites node addresses in replies, as a session in cluster mode does.
+    pub fn set_rewrite(&mut self, rewrite: Option<super::rewrite::Rewrite>) {
+        self.replies.set_rewrite(rewrite);
+    }
+
     pub fn requests(&self) -> &Requests {
         &self.requests
     }

@@ -22,6 +22,9 @@ pub trait Map {
 
     /// A client was redirected with `-MOVED`: slots moved, the topology is due for a read.
     fn redirected(&self) {}
+
+    /// A session rewrites with this map from now on (its server is in cluster mode).
+    fn in_use(&self) {}
 }
 
 /// Which topology command a reply answers.

@@ -346,7 +346,11 @@ pub struct Cluster {
 
 impl Cluster {
     fn rewrite(&self, at: &At) -> Option<Rewrite> {
-        (self.always || at.cluster).then(|| Rewrite {
+        if !(self.always || at.cluster) {
+            return None;
+        }
+        self.map.in_use();
+        Some(Rewrite {
             map: self.map.clone(),
             here: at.peer.ip().to_string(),
         })

@@ -61,6 +61,9 @@ struct Inner {
     reached: AtomicBool,
     /// The pool has held `min_idle` ready sessions at least once.
     filled: AtomicBool,
+    /// A dial reached a server in cluster mode; and whom to tell (see [`Pool::on_cluster`]).
+    saw_cluster: AtomicBool,
+    on_cluster: std::sync::OnceLock<Arc<dyn proto::rewrite::Map + Send + Sync>>,
 }
 
 /// A session out with a client, counted until it comes back or is dropped (which wakes the
@@ -101,10 +104,21 @@ impl Pool {
                 admission,
                 reached: AtomicBool::new(false),
                 filled: AtomicBool::new(false),
+                saw_cluster: AtomicBool::new(false),
+                on_cluster: std::sync::OnceLock::new(),
             }),
         };
         tokio::spawn(maintain(pool.clone()));
         pool
+    }
+
+    /// Tells `map` when a dial reaches a server in cluster mode (already, or from now on), so
+    /// a cluster's topology is read before any client asks.
+    pub fn on_cluster(&self, map: Arc<dyn proto::rewrite::Map + Send + Sync>) {
+        let map = self.inner.on_cluster.get_or_init(|| map);
+        if self.inner.saw_cluster.load(Ordering::SeqCst) {
+            map.in_use();
+        }
     }
 
     /// Sessions ready now.
@@ -156,6 +170,12 @@ impl Pool {
                 m.handshake.observe(started.elapsed().as_secs_f64());
                 self.inner.reached.store(true, Ordering::Relaxed);
                 self.inner.node.observe(&mut s.at);
+                if s.at.cluster {
+                    self.inner.saw_cluster.store(true, Ordering::SeqCst);
+                    if let Some(map) = self.inner.on_cluster.get() {
+                        map.in_use();
+                    }
+                }
                 let tls = &s.stream.get_ref().1;
                 if tls.handshake_kind() != Some(rustls::HandshakeKind::Resumed)
                     && let Some(t) = tls
