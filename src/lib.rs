@@ -18,6 +18,8 @@
 //! - [`client`]: one client: shared sessions, a session of its own (RESP engine or raw pipe).
 //! - [`proto`]: the streaming scanner, the session engine, what may be shared.
 //! - [`upstream`]: dial, the node authority, the pool, the shared sessions.
+//! - [`cluster`]: in front of a Redis Cluster, a local listener per node and the topology;
+//!   [`proto::rewrite`] puts their addresses in the replies.
 //! - [`auth`]: IAM tokens ([`auth::iam`]) for dial's AUTH, signed with the AWS SDK, credentials
 //!   from its chain.
 //! - [`limits`]: every fixed limit with its reason; [`admission`]: clients and sessions open
