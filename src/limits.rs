@@ -32,6 +32,10 @@ pub const MAX_OWN_REPLY: usize = 64 * 1024;
 /// rather than with addresses it cannot use.
 pub const MAX_TOPOLOGY_REPLY: usize = 8 * 1024 * 1024;
 
+/// Longest `-MOVED` / `-ASK` line: `-MOVED 16383 ` and a 253-byte hostname with its port fit
+/// well within it. A shared session holds an error line back until it is whole or this long.
+pub const MAX_REDIRECT: usize = 512;
+
 /// Deepest aggregate nesting accepted in a reply (Redis nests a handful of levels).
 pub const MAX_REPLY_DEPTH: usize = 512;
 
@@ -50,6 +54,10 @@ pub const TOPOLOGY_REFRESH: Duration = Duration::from_secs(30);
 /// The least time between two topology reads, so a storm of `-MOVED` during a resharding costs
 /// one read a second at most.
 pub const TOPOLOGY_MIN_GAP: Duration = Duration::from_secs(1);
+
+/// The least time a topology read is given (`connect_timeout` when longer): a big cluster's
+/// reply is read whole.
+pub const TOPOLOGY_READ_MIN: Duration = Duration::from_secs(5);
 
 /// Topology reads in a row that must leave a node out before its listener is closed (a node
 /// just added may answer a `-MOVED` before every node lists it).

@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use self::nodes::NodeListener;
 use self::topology::Shard;
 use crate::config::{ClusterMode, UpstreamAddr};
-use crate::limits::{NODE_ABSENT_READS, TOPOLOGY_MIN_GAP, TOPOLOGY_REFRESH};
+use crate::limits::{NODE_ABSENT_READS, TOPOLOGY_MIN_GAP, TOPOLOGY_READ_MIN, TOPOLOGY_REFRESH};
 use crate::listener::{Listener, Nodes};
 use crate::lock;
 use crate::ops::metrics::Metrics;
@@ -113,7 +113,18 @@ impl Cluster {
             self.inner.activate();
         }
         *lock(&self.inner.parent) = Some(listener.clone());
-        let reg = lock(&self.inner.registry);
+        let mut reg = lock(&self.inner.registry);
+        let ip = listener.config.listen.ip();
+        let ports = listener.config.cluster_ports.as_ref();
+        let misplaced = |n: &NodeListener| {
+            n.local.ip() != ip || ports.is_some_and(|r| !r.contains(&n.local.port()))
+        };
+        if reg.nodes.iter().any(misplaced) {
+            // A new `listen` IP or `cluster_ports`: every node listener moves (clients
+            // connected to the old ones finish there).
+            tracing::info!(listener = %listener.config.name, "node listeners move to the new listen address or cluster_ports");
+            *reg = Registry::default();
+        }
         for n in &reg.nodes {
             if let Err(e) = n.reconfigure(&self.inner.ctx, &listener, self.link()) {
                 tracing::warn!(listener = %listener.config.name, node = %n.upstream, "{e}");
@@ -204,14 +215,18 @@ impl Inner {
         names: &[&str],
     ) -> Option<SocketAddr> {
         let mut reg = lock(&self.registry);
+        if self.stop.is_cancelled() {
+            return None;
+        }
         let port = upstream.port;
         let all: Vec<String> = std::iter::once(upstream.host.as_str())
             .chain(names.iter().copied())
             .map(str::to_ascii_lowercase)
             .collect();
-        let known = all
-            .iter()
-            .find_map(|h| reg.names.get(&(h.clone(), port)).copied());
+        // Found by the address it is dialled at only: an IP or hostname that another node
+        // had before is taken over below rather than leading to that node.
+        let known = reg.names.get(&(all[0].clone(), port)).copied();
+        let known = known.filter(|&i| reg.nodes[i].upstream.host.eq_ignore_ascii_case(&all[0]));
         let i = match known {
             Some(i) => i,
             None => match self.open(&mut reg, parent, upstream) {
@@ -308,6 +323,9 @@ async fn reader(inner: Weak<Inner>, stop: CancellationToken) {
         let Some(cluster) = inner.upgrade() else {
             return;
         };
+        if stop.is_cancelled() {
+            return;
+        }
         let read = read_once(&cluster, &mut session).await;
         // Nothing to read from yet (no listener given): the first prompt reads at once.
         let next = Instant::now()
@@ -336,31 +354,50 @@ async fn read_once(cluster: &Arc<Inner>, session: &mut Option<Conn>) -> bool {
     if parent.config.cluster == ClusterMode::Off || *lock(&cluster.state) == State::Dormant {
         return false;
     }
-    let c = match session.take() {
-        Some(c) => c,
-        None => match dial_any(cluster, &parent).await {
-            Ok(c) => c,
-            Err(e) => {
-                cluster.failed(&parent, e, true);
-                return true;
-            }
-        },
+    // A kept session may have died since (its node failed over, the server cut it): then once
+    // more on a fresh one before the topology counts as unknown.
+    let kept = session.take();
+    let mut result = match kept {
+        Some(c) => read_on(cluster, &parent, c).await,
+        None => Err((String::new(), true)),
     };
-    if !c.at.cluster && parent.config.cluster == ClusterMode::Auto {
-        *lock(&cluster.state) = State::Standalone;
-        *session = Some(c);
-        return true;
+    if result.is_err() {
+        result = match dial_any(cluster, &parent).await {
+            Ok(c) => read_on(cluster, &parent, c).await,
+            Err(e) => Err((e, true)),
+        };
     }
-    let mut c = c;
-    let here = c.at.peer.ip().to_string();
-    match topology::read(&mut c).await {
-        Ok(shards) => {
-            cluster.apply(&parent, shards, &here);
-            *session = Some(c);
-        }
-        Err(e) => cluster.failed(&parent, e, false),
+    match result {
+        Ok(c) => *session = Some(c),
+        Err((e, dial)) => cluster.failed(&parent, e, dial),
     }
     true
+}
+
+/// Reads the topology on `c` and applies it: `c` back to keep, or why not and whether the
+/// failure was a dial's.
+async fn read_on(
+    cluster: &Arc<Inner>,
+    parent: &Listener,
+    mut c: Conn,
+) -> Result<Conn, (String, bool)> {
+    if !c.at.cluster && parent.config.cluster == ClusterMode::Auto {
+        *lock(&cluster.state) = State::Standalone;
+        return Ok(c);
+    }
+    let here = c.at.peer.ip().to_string();
+    let t = parent.config.connect_timeout.max(TOPOLOGY_READ_MIN);
+    match tokio::time::timeout(t, topology::read(&mut c)).await {
+        Ok(Ok(shards)) => {
+            cluster.apply(parent, shards, &here);
+            Ok(c)
+        }
+        Ok(Err(e)) => Err((e, false)),
+        Err(_) => {
+            let waited = humantime::format_duration(t);
+            Err((format!("no topology reply within {waited}"), false))
+        }
+    }
 }
 
 /// A session to read the topology on: through the configuration endpoint, else through any

@@ -70,6 +70,13 @@ impl NodeListener {
     }
 }
 
+/// However a node listener leaves (retired, the cluster stopped or dropped), its port closes.
+impl Drop for NodeListener {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 fn node_listener(
     ctx: &Ctx,
     parent: &Listener,

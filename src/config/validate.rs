@@ -533,6 +533,38 @@ fn cluster_settings(
         src,
     )?;
     let span = |v: Option<&Spanned<String>>| v.map_or(spanned.span(), Spanned::span);
+    for o in before.iter().filter(|o| o.listen.ip() == listen.ip()) {
+        if let Some(r) = o
+            .cluster_ports
+            .as_ref()
+            .filter(|r| r.contains(&listen.port()))
+        {
+            let message = format!(
+                "{listen} is in the cluster_ports {}-{} of listener `{}`",
+                r.start(),
+                r.end(),
+                o.name
+            );
+            return Err(src.invalid(&l.listen.span(), "listener.listen", message));
+        }
+    }
+    if listen.ip().is_unspecified() {
+        // Node addresses are announced with the listen IP: 0.0.0.0 tells a client nothing.
+        let written = l.cluster.as_ref().filter(|_| mode == ClusterMode::On);
+        if let Some(v) = written.or(l.cluster_ports.as_ref()) {
+            let key = if written.is_some() {
+                "listener.cluster"
+            } else {
+                "listener.cluster_ports"
+            };
+            let message = format!(
+                "cluster mode announces node addresses with the listen IP, and {} is no address a client can connect to; listen on the address clients reach",
+                listen.ip()
+            );
+            return Err(src.invalid(&v.span(), key, message));
+        }
+        mode = ClusterMode::Off;
+    }
     if protocol == Protocol::Raw {
         if mode == ClusterMode::On {
             let message = "cluster mode rewrites node addresses in replies, which protocol = \"raw\" does not read; use protocol = \"resp\"";
@@ -1392,6 +1424,18 @@ mod tests {
         let two = "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:6379\"\nupstream = \"h:1\"\ncluster_ports = \"7000-7010\"\n[[listener]]\nname = \"b\"\nlisten = \"127.0.0.1:6380\"\nupstream = \"h:2\"\ncluster_ports = \"7010-7020\"\n";
         let e = err(two);
         assert!(e.starts_with("t.toml:10: listener.cluster_ports: the range overlaps the cluster_ports of listener `a`"), "{e}");
+        let inside = "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:6379\"\nupstream = \"h:1\"\ncluster_ports = \"7000-7010\"\n[[listener]]\nname = \"b\"\nlisten = \"127.0.0.1:7004\"\nupstream = \"h:2\"\n";
+        let e = err(inside);
+        assert!(e.starts_with("t.toml:8: listener.listen: 127.0.0.1:7004 is in the cluster_ports 7000-7010 of listener `a`"), "{e}");
+        let any = "[[listener]]\nlisten = \"0.0.0.0:6379\"\nupstream = \"h:1\"\nallow_unauthenticated = true\n";
+        let c = Config::from_toml(any, "t.toml").unwrap();
+        assert_eq!(
+            c.listeners[0].cluster,
+            ClusterMode::Off,
+            "no address to announce"
+        );
+        let e = err(&format!("{any}cluster = \"on\"\n"));
+        assert!(e.starts_with("t.toml:5: listener.cluster: cluster mode announces node addresses with the listen IP"), "{e}");
         let taken = "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:7003\"\nupstream = \"h:1\"\n[[listener]]\nname = \"b\"\nlisten = \"127.0.0.1:6380\"\nupstream = \"h:2\"\ncluster_ports = \"7000-7010\"\n";
         assert!(
             err(taken).contains("includes the port of listener `a`"),

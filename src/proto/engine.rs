@@ -660,7 +660,10 @@ impl Requests {
                 } else {
                     args(1)
                 };
-                let kind = sub.and_then(|sub| Topology::of(&[name, sub]));
+                // Inside MULTI the reply is `+QUEUED`; the real one comes in EXEC's array.
+                let kind = sub
+                    .and_then(|sub| Topology::of(&[name, sub]))
+                    .filter(|_| !self.in_multi);
                 entries.push(kind.map_or(Entry::Client(1), Entry::Topology));
                 forward(ops, r);
             }
@@ -1025,8 +1028,12 @@ impl Replies {
                     return progress;
                 }
                 Err(_) => {
-                    // Not RESP we understand: forward everything from here untouched.
+                    // Not RESP we understand: forward everything from here untouched, after
+                    // what was held of it.
                     self.mode = Mode::Raw;
+                    if let Some(h) = self.held.take() {
+                        ops.push(Op::Bytes(Bytes::from(h.bytes)));
+                    }
                     forward(ops, i..buf.len());
                     return progress;
                 }
@@ -1212,7 +1219,8 @@ impl Replies {
                     Entry::Client(_)
                     | Entry::Swallow(_)
                     | Entry::Hello { .. }
-                    | Entry::Reauth { .. },
+                    | Entry::Reauth { .. }
+                    | Entry::Topology(_),
                 ) if self.mode == Mode::Unsynced => {
                     self.dropped(fifo);
                 }

@@ -38,7 +38,8 @@ use super::node::{Node, Truth};
 use super::pool::Pool;
 use crate::config::PoolConfig;
 use crate::limits::{
-    BATCH_BYTES, NODE_GRACE, READ_BUF, REPLY_HEAD as ERROR_HEAD, SHARED_QUEUE_HARD, SHARED_STALL,
+    BATCH_BYTES, MAX_REDIRECT, NODE_GRACE, READ_BUF, REPLY_HEAD as ERROR_HEAD, SHARED_QUEUE_HARD,
+    SHARED_STALL,
 };
 use crate::lock;
 use crate::ops::metrics::ListenerMetrics;
@@ -1005,16 +1006,16 @@ impl Reader {
     }
 
     /// Whether the reply starting at `rest[0]` is a redirect to rewrite: the whole line is
-    /// needed first. An error line longer than [`ERROR_HEAD`] is no redirect.
+    /// needed first. An error line longer than [`MAX_REDIRECT`] is no redirect.
     fn redirect_at(&self, scan: &Scanner, rest: &[u8]) -> Held {
         if self.rewrite.is_none() || !scan.at_boundary() || rest.first() != Some(&b'-') {
             return Held::No;
         }
-        let window = &rest[..rest.len().min(ERROR_HEAD)];
+        let window = &rest[..rest.len().min(MAX_REDIRECT)];
         match window.windows(2).position(|w| w == b"\r\n") {
             Some(end) if rewrite::is_redirect(window) => Held::Line(end + 2),
             Some(_) => Held::No,
-            None if rest.len() < ERROR_HEAD && rewrite::is_redirect_prefix(rest) => {
+            None if rest.len() < MAX_REDIRECT && rewrite::is_redirect_prefix(rest) => {
                 Held::Incomplete
             }
             None => Held::No,
