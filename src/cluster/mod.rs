@@ -81,7 +81,7 @@ enum State {
     Unknown,
     /// The server is not in cluster mode (`cluster = "auto"`).
     Standalone,
-    Known(Vec<Shard>),
+    Known,
     /// The last read failed; the listeners made so far keep serving.
     Failed(String),
 }
@@ -143,15 +143,6 @@ impl Cluster {
         }
         *reg = Registry::default();
         *lock(&self.inner.parent) = None;
-    }
-
-    /// The nodes and their local addresses, shard by shard, as last read; for tests and logs.
-    pub fn nodes(&self) -> Vec<(UpstreamAddr, SocketAddr)> {
-        let reg = lock(&self.inner.registry);
-        reg.nodes
-            .iter()
-            .map(|n| (n.upstream.clone(), n.local))
-            .collect()
     }
 }
 
@@ -281,7 +272,7 @@ impl Inner {
         let full = lock(&self.registry).full.take();
         let state = match full {
             Some(e) => State::Failed(e),
-            None => State::Known(shards),
+            None => State::Known,
         };
         *lock(&self.state) = state;
     }
@@ -452,7 +443,7 @@ impl Nodes for Link {
         let c = self.0.upgrade()?;
         let state = lock(&c.state).clone();
         match state {
-            State::Known(_) | State::Standalone | State::Dormant => None,
+            State::Known | State::Standalone | State::Dormant => None,
             State::Unknown => Some("cluster topology not read yet".into()),
             State::Failed(e) => Some(format!("cluster topology unknown: {e}")),
         }
