@@ -149,7 +149,7 @@ mod tunnel {
     use tokio::net::TcpStream;
 
     use crate::common::cluster::{Cluster, Value, key_for_slot, keys_for_slot, slot_of, value_of};
-    use crate::common::{Tunnel, WAIT, cmd, connect, read_reply, roundtrip};
+    use crate::common::{Names, Tunnel, WAIT, cmd, connect, read_reply, roundtrip};
 
     /// A tunnel with one cluster listener whose configuration endpoint is node `entry`.
     async fn tunnel(c: &Cluster, entry: u16, extra: &str) -> Tunnel {
@@ -534,7 +534,9 @@ print(len(c.get_nodes()))
             c.pki.ca.display()
         );
         // The seam resolves the name for every port, as DNS does.
-        let resolver = ectunnel::upstream::Resolver::new(ByName(host));
+        let names = Names::default();
+        names.point_ip(host, [127, 0, 0, 1].into());
+        let resolver = ectunnel::upstream::Resolver::new(names);
         let t = Tunnel::start_with(&toml, resolver).await;
         let map = slot_map(t.addr()).await;
         assert_eq!(map.len(), 1, "{map:?}");
@@ -570,27 +572,6 @@ print(len(c.get_nodes()))
             .expect("read from the replica");
         let role = roundtrip(&mut rd, &cmd(&["ROLE"])).await;
         assert!(role.contains("slave"), "{role}");
-    }
-
-    /// A resolver seam where one name is 127.0.0.1 (any port); other names fail.
-    struct ByName(&'static str);
-
-    impl ectunnel::upstream::Resolve for ByName {
-        fn resolve<'a>(
-            &'a self,
-            host: &'a str,
-            port: u16,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'a>,
-        > {
-            let known = host == self.0;
-            Box::pin(async move {
-                match known {
-                    true => Ok(vec![SocketAddr::from(([127, 0, 0, 1], port))]),
-                    false => Err(std::io::Error::other(format!("{host}: unknown name"))),
-                }
-            })
-        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

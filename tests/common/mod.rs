@@ -323,6 +323,12 @@ impl Names {
     pub fn point(&self, name: &str, to: &[SocketAddr]) {
         self.0.lock().unwrap().insert(name.to_owned(), to.to_vec());
     }
+
+    /// `name` resolves to `ip` with whatever port is asked (one name, several ports, as
+    /// ElastiCache Serverless's 6379 and 6380).
+    pub fn point_ip(&self, name: &str, ip: std::net::IpAddr) {
+        self.point(name, &[SocketAddr::new(ip, 0)]);
+    }
 }
 
 impl ectunnel::upstream::Resolve for Names {
@@ -336,7 +342,13 @@ impl ectunnel::upstream::Resolve for Names {
         let known = self.0.lock().unwrap().get(host).cloned();
         Box::pin(async move {
             match known {
-                Some(addrs) => Ok(addrs),
+                Some(addrs) => Ok(addrs
+                    .into_iter()
+                    .map(|a| match a.port() {
+                        0 => SocketAddr::new(a.ip(), port),
+                        _ => a,
+                    })
+                    .collect()),
                 None => Ok(tokio::net::lookup_host((host, port)).await?.collect()),
             }
         })
