@@ -1028,11 +1028,15 @@ impl Replies {
                     return progress;
                 }
                 Err(_) => {
-                    // Not RESP we understand: forward everything from here untouched, after
-                    // what was held of it.
+                    // Not RESP we understand: forward everything from here untouched,
+                    // starting with what was held of this reply to rewrite.
                     self.mode = Mode::Raw;
                     if let Some(h) = self.held.take() {
-                        ops.push(Op::Bytes(Bytes::from(h.bytes)));
+                        ops.push(Op::Bytes(if h.over {
+                            Bytes::from_static(super::rewrite::TOO_LONG)
+                        } else {
+                            Bytes::from(h.bytes)
+                        }));
                     }
                     forward(ops, i..buf.len());
                     return progress;
@@ -1291,6 +1295,28 @@ mod tests {
         s.client_sends(&requests, &mut up, &mut client);
         s.server_sends(replies.as_bytes(), &mut client);
         assert_eq!(client, replies.as_bytes());
+    }
+
+    /// A topology reply that turns out not to be RESP reaches the client whole, however it
+    /// arrived: what was held of it to rewrite goes first.
+    #[test]
+    fn held_reply_that_is_not_resp_is_forwarded_whole() {
+        use super::super::memory::MemSession;
+        let requests = cmd(&["CLUSTER", "SLOTS"]);
+        let replies = b"*3\r\n$5\r\nslots\r\n$3\r\nabcd\r\n:1\r\n";
+        for chunk in [1, 7, replies.len()] {
+            let mut s = MemSession::new(ClientAuth::Passthrough, None);
+            s.set_rewrite(Some(Rewrite {
+                map: std::sync::Arc::new(Local),
+                here: "10.0.0.1".into(),
+            }));
+            let (mut up, mut client) = (Vec::new(), Vec::new());
+            s.client_sends(&requests, &mut up, &mut client);
+            for part in replies.chunks(chunk) {
+                s.server_sends(part, &mut client);
+            }
+            assert_eq!(client, replies, "chunks of {chunk}");
+        }
     }
 
     #[test]

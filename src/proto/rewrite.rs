@@ -617,7 +617,10 @@ fn slots_node(r: &mut Reader<'_>, cx: &mut Cx<'_>) -> Walk {
     }
     let host = match endpoint.text(src).filter(|t| *t != b"?") {
         Some(t) => t,
-        None => match addr_text(&ip, src).filter(|t| !t.is_empty()) {
+        None => match [&ip, &hostname]
+            .into_iter()
+            .find_map(|v| addr_text(v, src).filter(|t| !t.is_empty()))
+        {
             Some(t) => t,
             None => return Ok(()),
         },
@@ -686,7 +689,10 @@ fn shards_node(r: &mut Reader<'_>, cx: &mut Cx<'_>) -> Walk {
         };
         *slot = Some(value);
     }
-    let host = match addr_text(&endpoint, src).or_else(|| addr_text(&ip, src)) {
+    let host = match addr_text(&endpoint, src)
+        .or_else(|| addr_text(&ip, src))
+        .or_else(|| addr_text(&hostname, src).filter(|t| !t.is_empty()))
+    {
         Some(h) => h,
         None => return Ok(()),
     };
@@ -1080,6 +1086,32 @@ mod tests {
             topology(Topology::Slots, reply.as_bytes(), HERE, &table()),
             Outcome::Unchanged
         );
+    }
+
+    /// An unknown endpoint with only a hostname to go by: looked up by it, not left upstream.
+    #[test]
+    fn unknown_endpoint_with_only_a_hostname() {
+        let reply = "*1\r\n*3\r\n:0\r\n:1\r\n*4\r\n$1\r\n?\r\n:6379\r\n$2\r\nid\r\n%1\r\n$8\r\nhostname\r\n$14\r\nnode-1.example\r\n";
+        let want = "*1\r\n*3\r\n:0\r\n:1\r\n*4\r\n$1\r\n?\r\n:7001\r\n$2\r\nid\r\n%1\r\n$8\r\nhostname\r\n$9\r\n127.0.0.1\r\n";
+        let got = rewritten(topology(Topology::Slots, reply.as_bytes(), HERE, &table()));
+        assert_eq!(text(&got), want);
+        let node: Pairs = vec![
+            ("port", int(6379)),
+            ("endpoint", b("?")),
+            ("hostname", b("node-1.example")),
+        ];
+        let local: Pairs = vec![
+            ("port", int(7001)),
+            ("endpoint", b("?")),
+            ("hostname", b("127.0.0.1")),
+        ];
+        let got = rewritten(topology(
+            Topology::Shards,
+            shards_reply("%", &node, &node).as_bytes(),
+            HERE,
+            &table(),
+        ));
+        assert_eq!(text(&got), shards_reply("%", &local, &local));
     }
 
     #[test]

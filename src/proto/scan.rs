@@ -395,6 +395,10 @@ impl Scanner {
                 } else {
                     val
                 };
+                if ty == b'|' && !null && n == 0 {
+                    // An empty attribute still annotates the element after it.
+                    return Ok(self.stack.is_empty());
+                }
                 if null || n == 0 {
                     return Ok(self.element_done());
                 }
@@ -597,6 +601,9 @@ mod tests {
             b"$?\r\n;4\r\nHell\r\n;1\r\no\r\n;0\r\n",
             b"*?\r\n:1\r\n*?\r\n:2\r\n.\r\n.\r\n",
             b"*2\r\n|1\r\n+ttl\r\n:3600\r\n:1\r\n:2\r\n",
+            // An empty attribute is not an element either.
+            b"*1\r\n|0\r\n+a\r\n",
+            b"%1\r\n+k\r\n|0\r\n|0\r\n:1\r\n",
         ];
         let stream: Vec<u8> = frames.concat();
         let mut ends = Vec::new();
@@ -616,6 +623,9 @@ mod tests {
         let mut s = Scanner::new(Dir::Reply);
         let attr = b"|1\r\n+key-popularity\r\n%0\r\n";
         assert_eq!(s.feed(attr).unwrap(), (attr.len(), true));
+        assert_eq!(s.info().kind, b'|');
+        let mut s = Scanner::new(Dir::Reply);
+        assert_eq!(s.feed(b"|0\r\n+a\r\n").unwrap(), (4, true));
         assert_eq!(s.info().kind, b'|');
     }
 
