@@ -60,3 +60,8 @@ fn config() {
 fn stunnel() {
     assert!(each_input("stunnel", props::stunnel::check) > 0);
 }
+
+#[test]
+fn rewrite() {
+    assert!(each_input("rewrite", props::rewrite::check) > 0);
+}

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod rewrite;
 pub mod scan;
 pub mod share;
 pub mod split;
