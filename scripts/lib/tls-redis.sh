@@ -124,3 +124,31 @@ start_tls_cluster() {
     echo "the cluster did not reach cluster_state:ok" >&2
     return 1
 }
+
+# cluster_tunnel_config FILE TOKEN: one cluster listener on a free port in front of the
+# cluster of start_tls_cluster, injecting TOKEN; node addresses are IPs, verified as localhost.
+cluster_tunnel_config() {
+    cat > "$1" <<TOML
+[tls]
+ca_file = "$work/ca.pem"
+server_name = "localhost"
+[auth]
+password = "$2"
+[[listener]]
+name = "cluster"
+listen = "127.0.0.1:0"
+upstream = "127.0.0.1:${cluster_ports[0]}"
+TOML
+}
+
+# bench_cluster direct|PORT TOKEN N: redis-benchmark --cluster, SET and GET, 50 clients,
+# straight to the cluster over TLS or through a tunnel's PORT; its CSV on stdout.
+bench_cluster() {
+    if [ "$1" = direct ]; then
+        redis-benchmark --cluster --tls --cacert "$work/ca.pem" --sni localhost -h 127.0.0.1 \
+            -p "${cluster_ports[0]}" -a "$2" -t set,get -n "$3" -c 50 --csv 2>/dev/null
+    else
+        redis-benchmark --cluster -h 127.0.0.1 -p "$1" -a "$2" -t set,get -n "$3" -c 50 \
+            --csv 2>/dev/null
+    fi
+}
