@@ -887,12 +887,6 @@ impl Held {
     }
 }
 
-impl std::fmt::Debug for Rewrite {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Rewrite(here {})", self.here)
-    }
-}
-
 impl Default for Replies {
     fn default() -> Self {
         Self::new()
@@ -1238,7 +1232,7 @@ impl Replies {
 mod tests {
     use super::*;
 
-    /// Node `127.0.0.1:7000` is local port 17000, and so on; other nodes have none.
+    /// Node `10.0.0.1:7000` is local `127.0.0.1:17000`, and so on; other nodes have none.
     struct Local;
 
     impl super::super::rewrite::Map for Local {

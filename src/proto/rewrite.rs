@@ -833,6 +833,12 @@ pub struct Rewrite {
     pub here: String,
 }
 
+impl std::fmt::Debug for Rewrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Rewrite(here {})", self.here)
+    }
+}
+
 impl Rewrite {
     fn here(&self) -> Here<'_> {
         Here {
