@@ -1241,11 +1241,20 @@ mod tests {
         }
     }
 
+    /// A session in cluster mode on node 10.0.0.1, nodes mapped by [`Local`].
+    fn cluster_session() -> super::super::memory::MemSession {
+        let mut s = super::super::memory::MemSession::new(ClientAuth::Passthrough, None);
+        s.set_rewrite(Some(Rewrite {
+            map: std::sync::Arc::new(Local),
+            here: "10.0.0.1".into(),
+        }));
+        s
+    }
+
     /// Redirects and a topology reply are rewritten however the server's bytes are split, in
     /// order with the replies around them; a value that looks like a redirect is data.
     #[test]
     fn cluster_replies_are_rewritten_across_any_split() {
-        use super::super::memory::MemSession;
         let mut requests = Vec::new();
         for c in [
             cmd(&["GET", "a"]),
@@ -1270,11 +1279,7 @@ mod tests {
             local_nodes.len()
         );
         for chunk in [1, 2, 5, 7, replies.len()] {
-            let mut s = MemSession::new(ClientAuth::Passthrough, None);
-            s.set_rewrite(Some(Rewrite {
-                map: std::sync::Arc::new(Local),
-                here: "10.0.0.1".into(),
-            }));
+            let mut s = cluster_session();
             let (mut up, mut client) = (Vec::new(), Vec::new());
             s.client_sends(&requests, &mut up, &mut client);
             assert_eq!(up, requests);
@@ -1284,7 +1289,7 @@ mod tests {
             assert_eq!(String::from_utf8_lossy(&client), want, "chunks of {chunk}");
         }
         // Without rewriting (not a cluster), the same bytes pass untouched.
-        let mut s = MemSession::new(ClientAuth::Passthrough, None);
+        let mut s = super::super::memory::MemSession::new(ClientAuth::Passthrough, None);
         let (mut up, mut client) = (Vec::new(), Vec::new());
         s.client_sends(&requests, &mut up, &mut client);
         s.server_sends(replies.as_bytes(), &mut client);
@@ -1295,15 +1300,10 @@ mod tests {
     /// arrived: what was held of it to rewrite goes first.
     #[test]
     fn held_reply_that_is_not_resp_is_forwarded_whole() {
-        use super::super::memory::MemSession;
         let requests = cmd(&["CLUSTER", "SLOTS"]);
         let replies = b"*3\r\n$5\r\nslots\r\n$3\r\nabcd\r\n:1\r\n";
         for chunk in [1, 7, replies.len()] {
-            let mut s = MemSession::new(ClientAuth::Passthrough, None);
-            s.set_rewrite(Some(Rewrite {
-                map: std::sync::Arc::new(Local),
-                here: "10.0.0.1".into(),
-            }));
+            let mut s = cluster_session();
             let (mut up, mut client) = (Vec::new(), Vec::new());
             s.client_sends(&requests, &mut up, &mut client);
             for part in replies.chunks(chunk) {
