@@ -509,7 +509,8 @@ impl Requests {
             }
             _ if needs_auth && cmd != Cmd::Quit => Err(ScanError::InlineTooBig),
             _ if !self.synced => Ok(()),
-            Cmd::Other | Cmd::EndMulti => {
+            // A topology command this long is no real one (its reply is not held).
+            Cmd::Other | Cmd::EndMulti | Cmd::Cluster | Cmd::Asking => {
                 if cmd == Cmd::EndMulti {
                     self.close_multi();
                 }
