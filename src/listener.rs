@@ -130,15 +130,7 @@ impl Listener {
     /// How a session at `at` rewrites node addresses, if it does: in front of a cluster, when
     /// the server said cluster mode at the dial (or `cluster = "on"`).
     pub fn rewrite(&self, at: &At) -> Option<rewrite::Rewrite> {
-        let nodes = self.cluster.as_ref()?;
-        if !(at.cluster || self.config.cluster == ClusterMode::On) {
-            return None;
-        }
-        nodes.in_use();
-        Some(rewrite::Rewrite {
-            map: nodes.clone(),
-            here: at.peer.ip().to_string(),
-        })
+        self.mux.rewrite(at)
     }
 
     /// Ready: the pool reached its upstream and filled once, and a cluster's topology is known.

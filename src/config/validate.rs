@@ -533,21 +533,7 @@ fn cluster_settings(
         src,
     )?;
     let span = |v: Option<&Spanned<String>>| v.map_or(spanned.span(), Spanned::span);
-    for o in before.iter().filter(|o| o.listen.ip() == listen.ip()) {
-        if let Some(r) = o
-            .cluster_ports
-            .as_ref()
-            .filter(|r| r.contains(&listen.port()))
-        {
-            let message = format!(
-                "{listen} is in the cluster_ports {}-{} of listener `{}`",
-                r.start(),
-                r.end(),
-                o.name
-            );
-            return Err(src.invalid(&l.listen.span(), "listener.listen", message));
-        }
-    }
+    listen_outside_node_ports(l, listen, before, src)?;
     if listen.ip().is_unspecified() {
         // Node addresses are announced with the listen IP: 0.0.0.0 tells a client nothing.
         let written = l.cluster.as_ref().filter(|_| mode == ClusterMode::On);
@@ -575,12 +561,22 @@ fn cluster_settings(
     let Some(written) = &l.cluster_ports else {
         return Ok((mode, None));
     };
-    let key = "listener.cluster_ports";
     if mode == ClusterMode::Off {
         let message =
             "node ports need cluster mode; remove cluster_ports or set cluster = \"auto\"";
-        return Err(src.invalid(&written.span(), key, message));
+        return Err(src.invalid(&written.span(), "listener.cluster_ports", message));
     }
+    Ok((mode, Some(node_ports(written, listen, before, src)?)))
+}
+
+/// `cluster_ports`: a range that takes no listener's port and no other listener's node ports.
+fn node_ports(
+    written: &Spanned<String>,
+    listen: SocketAddr,
+    before: &[ListenerConfig],
+    src: &Source<'_>,
+) -> Result<RangeInclusive<u16>, ConfigError> {
+    let key = "listener.cluster_ports";
     let range = port_range(written.get_ref()).ok_or_else(|| {
         src.invalid(
             &written.span(),
@@ -615,7 +611,32 @@ fn cluster_settings(
             )));
         }
     }
-    Ok((mode, Some(range)))
+    Ok(range)
+}
+
+/// A listener's port must not be in the `cluster_ports` of a listener above it.
+fn listen_outside_node_ports(
+    l: &RawListener,
+    listen: SocketAddr,
+    before: &[ListenerConfig],
+    src: &Source<'_>,
+) -> Result<(), ConfigError> {
+    for o in before.iter().filter(|o| o.listen.ip() == listen.ip()) {
+        if let Some(r) = o
+            .cluster_ports
+            .as_ref()
+            .filter(|r| r.contains(&listen.port()))
+        {
+            let message = format!(
+                "{listen} is in the cluster_ports {}-{} of listener `{}`",
+                r.start(),
+                r.end(),
+                o.name
+            );
+            return Err(src.invalid(&l.listen.span(), "listener.listen", message));
+        }
+    }
+    Ok(())
 }
 
 /// `"LOW-HIGH"`, inclusive, no port 0.

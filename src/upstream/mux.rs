@@ -346,6 +346,7 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Whether a session at `at` rewrites: `cluster = "on"`, or its server said cluster mode.
     fn rewrite(&self, at: &At) -> Option<Rewrite> {
         if !(self.always || at.cluster) {
             return None;
@@ -383,6 +384,12 @@ impl Mux {
 
     pub fn enabled(&self) -> bool {
         !self.resp2.is_empty()
+    }
+
+    /// How a session at `at` of this listener rewrites node addresses, if it does: shared
+    /// sessions and a client's own alike.
+    pub fn rewrite(&self, at: &At) -> Option<Rewrite> {
+        self.cluster.as_ref()?.rewrite(at)
     }
 
     /// Retires every session (a reload replaced the listener): each takes no new batch and
